@@ -1,0 +1,1 @@
+"""Data shipped with moesim (device profiles, default trace, experiments); see resources.py."""

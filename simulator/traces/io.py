@@ -1,0 +1,290 @@
+"""Canonical Parquet form of a routing trace (read, write, stream-write).
+
+Layout: one row per (request, token, MoE layer), sorted by request order, token, layer::
+
+    request_id int64 | token int32 | phase dictionary<int8,string> | layer int16 |
+    experts fixed_size_list<uint8|uint16>[k] | scores fixed_size_list<float32>[k]? |
+    router_probs fixed_size_list<float16|float32>[E]? | imputed bool?
+
+Trace metadata (model, num_layers, num_experts, top_k, source, expert_order, notes, request
+ids and optional arrival times) is JSON under the key ``moesim.trace`` of the file's key-value
+metadata. Reading goes row group by row group into preallocated dense arrays, so peak memory
+stays near the size of the in-memory trace.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import TraceError
+from .schema import (DECODE, METADATA_KEY, PHASE_NAMES, PREFILL, Trace, TraceMeta,
+                     expert_dtype, meta_bytes)
+
+_PHASE_DICT = pa.array(list(PHASE_NAMES), type=pa.string())
+
+
+def _arrow_schema(meta: TraceMeta, has_scores: bool, probs_dtype, has_imputed: bool,
+                  requests: list[int], arrival_s) -> pa.Schema:
+    k, E = meta.top_k, meta.num_experts
+    ex_type = pa.from_numpy_dtype(expert_dtype(E))
+    fields = [
+        pa.field("request_id", pa.int64()),
+        pa.field("token", pa.int32()),
+        pa.field("phase", pa.dictionary(pa.int8(), pa.string())),
+        pa.field("layer", pa.int16()),
+        pa.field("experts", pa.list_(ex_type, k)),
+    ]
+    if has_scores:
+        fields.append(pa.field("scores", pa.list_(pa.float32(), k)))
+    if probs_dtype is not None:
+        fields.append(pa.field("router_probs", pa.list_(pa.from_numpy_dtype(probs_dtype), E)))
+    if has_imputed:
+        fields.append(pa.field("imputed", pa.bool_()))
+    return pa.schema(fields, metadata={METADATA_KEY: meta_bytes(meta, requests, arrival_s)})
+
+
+def _token_block_table(schema: pa.Schema, meta: TraceMeta, request_id, token, phase, experts,
+                       scores, router_probs, imputed) -> pa.Table:
+    """Arrow table for a block of whole tokens (rows = tokens x layers)."""
+    T = experts.shape[0]
+    L, k, E = meta.num_layers, meta.top_k, meta.num_experts
+    rep = np.repeat
+    cols = {
+        "request_id": pa.array(rep(np.asarray(request_id, np.int64), L)),
+        "token": pa.array(rep(np.asarray(token, np.int32), L)),
+        "phase": pa.DictionaryArray.from_arrays(pa.array(rep(np.asarray(phase, np.int8), L)),
+                                                _PHASE_DICT),
+        "layer": pa.array(np.tile(np.arange(L, dtype=np.int16), T)),
+        "experts": pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(experts, dtype=expert_dtype(E)).reshape(-1)), k),
+    }
+    if "scores" in schema.names:
+        cols["scores"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(scores, dtype=np.float32).reshape(-1)), k)
+    if "router_probs" in schema.names:
+        dt = schema.field("router_probs").type.value_type.to_pandas_dtype()
+        cols["router_probs"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(router_probs, dtype=dt).reshape(-1)), E)
+    if "imputed" in schema.names:
+        cols["imputed"] = pa.array(np.asarray(imputed, dtype=bool).reshape(-1))
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+class TraceWriter:
+    """Stream a trace to Parquet block by block (bounded memory for long synthetic traces).
+
+    The metadata, including every request id (and arrival time), is fixed when the writer is
+    opened. Blocks must hold whole tokens, in canonical order.
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: TraceMeta, requests: list[int], *,
+                 arrival_s: dict[int, float] | None = None, has_scores: bool = False,
+                 probs_dtype=None, has_imputed: bool = False, row_group_tokens: int = 65536):
+        self.path = Path(path)
+        self.meta = meta
+        self.schema = _arrow_schema(meta, has_scores, None if probs_dtype is None
+                                    else np.dtype(probs_dtype), has_imputed, requests, arrival_s)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + ".partial")
+        self._writer = pq.ParquetWriter(str(self._tmp), self.schema, compression="zstd")
+        self.row_group_rows = max(1, row_group_tokens) * meta.num_layers
+        self.tokens_written = 0
+
+    def write(self, request_id, token, phase, experts, scores=None, router_probs=None,
+              imputed=None) -> None:
+        table = _token_block_table(self.schema, self.meta, request_id, token, phase, experts,
+                                   scores, router_probs, imputed)
+        self._writer.write_table(table, row_group_size=self.row_group_rows)
+        self.tokens_written += int(np.asarray(experts).shape[0])
+
+    def close(self) -> None:
+        """Finish the file and move it into place atomically (no half-written traces)."""
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_trace(trace: Trace, path: str | os.PathLike, *, block_tokens: int = 65536) -> Path:
+    """Write ``trace`` to canonical Parquet (atomically)."""
+    ids, _, _ = trace.request_bounds()
+    probs_dtype = None if trace.router_probs is None else trace.router_probs.dtype
+    with TraceWriter(path, trace.meta, ids.tolist(), arrival_s=trace.arrival_s,
+                     has_scores=trace.scores is not None, probs_dtype=probs_dtype,
+                     has_imputed=trace.imputed is not None,
+                     row_group_tokens=block_tokens) as w:
+        for s in range(0, trace.num_tokens, block_tokens):
+            e = min(s + block_tokens, trace.num_tokens)
+            w.write(trace.request_id[s:e], trace.token[s:e], trace.phase[s:e],
+                    trace.experts[s:e],
+                    None if trace.scores is None else trace.scores[s:e],
+                    None if trace.router_probs is None else trace.router_probs[s:e],
+                    None if trace.imputed is None else trace.imputed[s:e])
+    return Path(path)
+
+
+def read_trace_meta(path: str | os.PathLike) -> tuple[TraceMeta, dict, pq.ParquetFile]:
+    src = str(path)
+    if not Path(path).exists():
+        raise TraceError("file not found", source=src)
+    try:
+        pf = pq.ParquetFile(src)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TraceError(f"not a readable Parquet trace (truncated or corrupt?): {exc}",
+                         source=src) from None
+    raw = (pf.schema_arrow.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise TraceError("no 'moesim.trace' metadata: not a canonical moesim trace "
+                         "(convert it with `moesim trace import`)", source=src, field="metadata")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"metadata is not valid JSON: {exc}", source=src, field="metadata") from None
+    return TraceMeta.from_json(data, src), data, pf
+
+
+def read_trace(path: str | os.PathLike, *, validate: bool = True) -> Trace:
+    """Load and validate a canonical Parquet trace into dense arrays."""
+    src = str(path)
+    meta, data, pf = read_trace_meta(path)
+    L, k, E = int(meta.num_layers), int(meta.top_k), int(meta.num_experts)
+    names = set(pf.schema_arrow.names)
+    for col in ("request_id", "token", "phase", "layer", "experts"):
+        if col not in names:
+            raise TraceError("required column is missing", source=src, field=col)
+    n_rows = pf.metadata.num_rows
+    if n_rows % L:
+        raise TraceError(f"{n_rows} rows is not a multiple of num_layers={L}: a layer is missing "
+                         "for some token (or the file is truncated)", source=src, field="layer")
+    T = n_rows // L
+    experts = np.empty((T, L, k), dtype=expert_dtype(E))
+    request_id = np.empty(T, dtype=np.int64)
+    token = np.empty(T, dtype=np.int32)
+    phase = np.empty(T, dtype=np.int8)
+    scores = np.empty((T, L, k), dtype=np.float32) if "scores" in names else None
+    probs = None
+    if "router_probs" in names:
+        pdt = pf.schema_arrow.field("router_probs").type.value_type.to_pandas_dtype()
+        probs = np.empty((T, L, E), dtype=pdt)
+    imputed = np.empty((T, L), dtype=bool) if "imputed" in names else None
+    layer_pattern = np.arange(L, dtype=np.int16)
+
+    # Row groups written by moesim hold whole tokens; a foreign file whose groups split a
+    # token is read in one piece instead.
+    aligned = all(pf.metadata.row_group(i).num_rows % L == 0 for i in range(pf.num_row_groups))
+    blocks = (range(pf.num_row_groups) if aligned else [None])
+    row0 = 0
+    try:
+        for rg in blocks:
+            tab = pf.read() if rg is None else pf.read_row_group(rg)
+            n = tab.num_rows
+            t0, t1 = row0 // L, (row0 + n) // L
+            _fill_block(tab, src, row0, L, k, E, layer_pattern,
+                        request_id[t0:t1], token[t0:t1], phase[t0:t1], experts[t0:t1],
+                        None if scores is None else scores[t0:t1],
+                        None if probs is None else probs[t0:t1],
+                        None if imputed is None else imputed[t0:t1])
+            row0 += n
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TraceError(f"cannot read row data (truncated or corrupt?): {exc}",
+                         source=src) from None
+    arrivals = None
+    if data.get("arrival_s") is not None:
+        reqs = data.get("requests") or []
+        if len(reqs) != len(data["arrival_s"]):
+            raise TraceError("metadata 'requests' and 'arrival_s' differ in length", source=src,
+                             field="metadata.arrival_s")
+        arrivals = {int(r): float(a) if a is not None else float("nan")
+                    for r, a in zip(reqs, data["arrival_s"])}
+    tr = Trace(meta=meta, request_id=request_id, token=token, phase=phase, experts=experts,
+               scores=scores, router_probs=probs, imputed=imputed, arrival_s=arrivals, path=src)
+    return tr.validate() if validate else tr
+
+
+def _fill_block(tab: pa.Table, src: str, row0: int, L: int, k: int, E: int, layer_pattern,
+                request_id, token, phase, experts, scores, probs, imputed) -> None:
+    n = tab.num_rows
+    T = n // L
+
+    def col_np(name, dtype=None):
+        arr = tab.column(name).combine_chunks()
+        if arr.null_count:
+            bad = int(np.flatnonzero(np.asarray(arr.is_null()))[0])
+            raise TraceError("is null", source=src, row=row0 + bad, field=name)
+        return arr
+
+    layer = col_np("layer").to_numpy(zero_copy_only=False).reshape(T, L)
+    if not (layer == layer_pattern).all():
+        t, l_ = np.argwhere(layer != layer_pattern)[0]
+        raise TraceError(f"expected layer {l_}, found layer {int(layer[t, l_])} "
+                         f"(a layer is missing or rows are out of order)",
+                         source=src, row=row0 + int(t) * L + int(l_), field="layer")
+    rid = col_np("request_id").to_numpy(zero_copy_only=False).reshape(T, L)
+    tok = col_np("token").to_numpy(zero_copy_only=False).reshape(T, L)
+    ph_arr = col_np("phase")
+    if pa.types.is_dictionary(ph_arr.type):
+        dict_vals = ph_arr.dictionary.to_pylist()
+        codes = np.asarray(ph_arr.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        lut = np.array([PHASE_NAMES.index(v) if v in PHASE_NAMES else -1 for v in dict_vals],
+                       dtype=np.int8)
+        ph = lut[codes]
+    else:
+        vals = np.asarray(ph_arr.to_pylist(), dtype=object)
+        ph = np.full(vals.shape, -1, dtype=np.int8)
+        ph[vals == "prefill"], ph[vals == "decode"] = PREFILL, DECODE
+    if (ph < 0).any():
+        bad = int(np.flatnonzero(ph < 0)[0])
+        raise TraceError("must be 'prefill' or 'decode'", source=src, row=row0 + bad,
+                         field="phase")
+    ph = ph.reshape(T, L)
+    for name, arr in (("request_id", rid), ("token", tok), ("phase", ph)):
+        diff = (arr != arr[:, :1]).any(axis=1)
+        if diff.any():
+            t = int(np.flatnonzero(diff)[0])
+            raise TraceError("differs between the layers of one token (rows out of order?)",
+                             source=src, row=row0 + t * L, field=name)
+    request_id[:], token[:], phase[:] = rid[:, 0], tok[:, 0], ph[:, 0]
+
+    ex = col_np("experts")
+    if not pa.types.is_fixed_size_list(ex.type) or ex.type.list_size != k:
+        raise TraceError(f"expected a fixed-size list of top_k={k} ids, got {ex.type}",
+                         source=src, field="experts")
+    ex_vals = ex.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    bad = (ex_vals < 0) | (ex_vals >= E)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        r = i // k
+        raise TraceError(f"expert id {int(ex_vals[i])} out of range [0, {E})", source=src,
+                         row=row0 + r, request=int(rid.reshape(-1)[r]), token=int(tok.reshape(-1)[r]),
+                         layer=r % L, field=f"experts[{i % k}]")
+    experts[:] = ex_vals.reshape(T, L, k)
+    if scores is not None:
+        sc = col_np("scores")
+        if not pa.types.is_fixed_size_list(sc.type) or sc.type.list_size != k:
+            raise TraceError(f"expected a fixed-size list of {k} floats, got {sc.type}",
+                             source=src, field="scores")
+        scores[:] = sc.flatten().to_numpy(zero_copy_only=False).reshape(T, L, k)
+    if probs is not None:
+        pr = col_np("router_probs")
+        if not pa.types.is_fixed_size_list(pr.type) or pr.type.list_size != E:
+            raise TraceError(f"expected a fixed-size list of num_experts={E} floats, got {pr.type}",
+                             source=src, field="router_probs")
+        probs[:] = pr.flatten().to_numpy(zero_copy_only=False).reshape(T, L, E)
+    if imputed is not None:
+        imputed[:] = col_np("imputed").to_numpy(zero_copy_only=False).reshape(T, L)
