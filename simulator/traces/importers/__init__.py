@@ -79,7 +79,8 @@ class Importer:
         return cls.Options(**kw)
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: str | Path) -> str:
+    path = Path(path)
     matches = [name for name, imp in IMPORTERS.items() if imp.detect(path)]
     if not matches:
         raise TraceError(f"unrecognised format; pass --format (one of {', '.join(IMPORTERS.names())})",
