@@ -269,6 +269,8 @@ def test_qwen36_vllm_file_resorted(shared_traces, tmp_path):
     res = import_path(f)
     tr = res.trace
     assert tr.experts.shape == (163, 40, 8) and tr.meta.model == "qwen3.6-35b-a3b"
+    assert tr.meta.source.endswith("49da2657a12eea4c40b30f01ee4ae7b8420deff8: "
+                                   "data/routing_traces/routing_pretrained.json")
     assert tr.phase_counts() == {"prefill": 36, "decode": 127}
     assert (np.diff(tr.scores, axis=2) <= 0).all()
     assert res.report["per_file"]["routing_pretrained.json"]["weights_order"] == "ascending"

@@ -52,6 +52,16 @@ def _looks_like_routing(p: Path) -> bool:
     return '"meta"' in head and '"model_id"' in head and '"top_k"' in head
 
 
+def _upstream_rel(p: Path) -> str:
+    """Path inside the upstream repository when recognisable (outputs/..., data/...)."""
+    parts = p.resolve().parts
+    for i in range(len(parts) - 1):
+        if (parts[i], parts[i + 1]) in (("outputs", "experiment_traces"),
+                                         ("data", "routing_traces")):
+            return "/".join(parts[i:])
+    return p.name
+
+
 def _source(rel: str) -> str:
     if rel.endswith("routing_pretrained.mlx-83eeb5f.json"):
         return (f"github.com/{REPO}@{OLD_COMMIT}: data/routing_traces/routing_pretrained.json "
@@ -238,7 +248,7 @@ class MoeOcsJson(Importer):
         notes["backend"] = backends[0] if len(backends) == 1 else backends
         meta = TraceMeta(model=first["model"], num_layers=first["L"], num_experts=first["E"],
                          top_k=first["k"],
-                         source=(_source(first["rel"]) if len(loaded) == 1 else
+                         source=(_source(_upstream_rel(files[0][0])) if len(loaded) == 1 else
                                  f"github.com/{REPO}@{COMMIT}: {len(loaded)} routing files "
                                  f"under {p.name}/"),
                          expert_order="descending", notes=notes)
