@@ -1,0 +1,436 @@
+"""Wiring and the run loop: trace + config -> SimPy environment -> counters.
+
+One executor process runs *iterations* on the compute unit (continuous batching, vLLM-like):
+newly admitted requests get a prefill iteration (all their prompt tokens, layer by layer,
+each layer needing the union of the experts those tokens chose); otherwise all running
+requests advance one decode token. Per layer: attention, then the router's experts are looked
+up (pinned by placement, else the cache); resident experts run as one grouped kernel while
+missing ones are fetched over the flow network, each running as soon as it arrives.
+
+Clock. The executor keeps its own time ``self.t`` and only hands control to SimPy when
+something else could happen first: before it reads the request queue or starts a transfer it
+checks ``env.peek()`` (the next scheduled event); if that lies beyond ``self.t`` nothing can
+interleave, so hits, compute and uncontended fetches advance the clock arithmetically with
+no SimPy event. Otherwise it yields a timeout to ``self.t`` and uses events (contended
+transfers, background prefetches, arrivals). ``engine.fast_path`` is therefore an
+optimisation only: tests run both ways and compare.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+
+from ..config.load import LoadedConfig
+from ..errors import ConfigError, SimulationError
+from ..hardware.system import System, build_system
+from ..models.spec import ModelSpec, check_trace_matches, get_model, load_model_file
+from ..policies.base import make_policy
+from ..traces.io import read_trace
+from ..traces.schema import DECODE, PREFILL, Trace
+from .compute import ComputeModel
+from .context import SimContext
+from .flows import Flow, FlowNetwork
+from .stream import request_prefill_oids
+from .workload import Request, build_requests, closed_loop_concurrency
+
+DEMAND, PREFETCH = 0, 1
+
+
+@dataclass
+class TransferLog:
+    """Columnar log of every transfer (one list per column: cheap appends)."""
+
+    start: list
+    end: list
+    nbytes: list
+    src: list
+    oid: list
+    phase: list
+    purpose: list
+
+    @classmethod
+    def empty(cls) -> "TransferLog":
+        return cls([], [], [], [], [], [], [])
+
+
+class Simulation:
+    def __init__(self, loaded: LoadedConfig, trace: Trace | None = None, *,
+                 fast_path: bool = True):
+        cfg = loaded.config
+        self.loaded, self.cfg = loaded, cfg
+        src = loaded.source
+        if trace is None:
+            trace = read_trace(loaded.resolve_path(cfg.trace))
+        model = self._resolve_model(loaded, trace)
+        check_trace_matches(model, trace.meta, source=trace.path)
+        self.model = model
+        self.precision = cfg.model.precision or model.native_precision
+        self.system: System = build_system(cfg.system, source=src)
+        self.rng = np.random.default_rng(cfg.seed)
+        requests, trace = build_requests(trace, cfg.workload, self.rng, source=src)
+        self.trace = trace
+        self.requests = requests
+        self.ctx = SimContext(config=cfg, model=model, precision=self.precision, trace=trace,
+                              system=self.system, rng=self.rng, requests=requests, source=src)
+        self.fast_path = fast_path
+
+        # policies
+        self.placement = make_policy("placement", cfg.placement, self.ctx, source=src)
+        home = np.asarray(self.placement.place(), dtype=np.int32)
+        if home.shape != (self.ctx.num_objects,):
+            raise SimulationError(f"placement returned {home.shape}, expected ({self.ctx.num_objects},)")
+        self.home = home
+        self.ctx.pinned = home == self.system.local.index
+        self.cache = make_policy("cache", cfg.cache, self.ctx, source=src)
+        self.prefetch = make_policy("prefetch", cfg.prefetch, self.ctx, source=src)
+        self.routing = make_policy("routing", cfg.routing, self.ctx, source=src)
+        self.warmup = make_policy("warmup", cfg.warmup, self.ctx, source=src)
+        self.kv = make_policy("kv", cfg.kv, self.ctx, source=src)
+        self._check_capacities()
+
+        self.compute = ComputeModel(model, self.system.compute, self.system.local.spec,
+                                    self.precision, cfg.model.kv_precision)
+        self.env = simpy.Environment()
+        self.net = FlowNetwork(self.env)
+        self.net.on_complete = self._on_flow_done
+        # fetch path per device (resources, latency)
+        self.paths = [self.system.fetch_path(d) if not d.is_local else ((), 0.0)
+                      for d in self.system.devices]
+
+        nd, L = len(self.system.devices), self.ctx.num_layers
+        self.t = 0.0
+        # counters [phase]
+        self.lookups = [0, 0]
+        self.hits = [0, 0]
+        self.misses = [0, 0]
+        self.accesses = [0, 0]            # token -> expert uses (n_tokens x k per layer)
+        self.layer_lookups = np.zeros((2, L), dtype=np.int64)
+        self.layer_hits = np.zeros((2, L), dtype=np.int64)
+        self.served = np.zeros((2, nd), dtype=np.int64)     # lookups served per device
+        self.fetched_bytes = np.zeros((2, nd), dtype=np.float64)
+        self.evictions = 0
+        self.insertions = 0
+        self.peak_cache_bytes = 0.0
+        self.phase_time = [0.0, 0.0]
+        self.iterations = [0, 0]
+        self.kv_tokens_live = 0
+        self.kv_peak_tokens = 0
+        self.transfers = TransferLog.empty()
+        self.steps: list[tuple] = []
+        self.log_events = cfg.output.events
+        self.warm_objects: list[int] = []
+
+    # ------------------------------------------------------------------ setup helpers
+    @staticmethod
+    def _resolve_model(loaded: LoadedConfig, trace: Trace) -> ModelSpec:
+        mc = loaded.config.model
+        if mc.file and mc.name:
+            raise ConfigError("give model.name or model.file, not both", source=loaded.source,
+                              key="model")
+        if mc.file:
+            return load_model_file(loaded.resolve_path(mc.file))
+        return get_model(mc.name or trace.meta.model,
+                         key="model.name" if mc.name else f"{trace.path}: metadata.model")
+
+    def _check_capacities(self) -> None:
+        ctx, src = self.ctx, self.loaded.source
+        obj = float(ctx.object_bytes.max())
+        gb = 1e9
+        if self.cfg.cache.get("name") != "none" and self.cache.capacity_bytes < obj:
+            raise ConfigError(f"{self.cache.capacity_bytes / gb:g} GB is below one expert "
+                              f"({obj / gb:.4g} GB at {self.precision}); use cache: {{name: none}} "
+                              "for no cache", source=src, key="cache.capacity_gb")
+        local = self.system.local
+        used_by = np.bincount(self.home, weights=ctx.object_bytes, minlength=len(self.system.devices))
+        for d in self.system.devices:
+            if d.is_local:
+                continue
+            if used_by[d.index] > d.spec.capacity_bytes:
+                raise ConfigError(f"device '{d.name}' holds {used_by[d.index] / gb:.4g} GB of "
+                                  f"experts but its capacity is {d.spec.capacity_bytes / gb:.4g} GB",
+                                  source=src, key=f"system.tiers.{d.tier}")
+            if 0 < d.spec.capacity_bytes < obj:
+                raise ConfigError(f"capacity {d.spec.capacity_bytes / gb:g} GB is below one expert "
+                                  f"({obj / gb:.4g} GB)", source=src, key=f"system.tiers.{d.tier}")
+        self.non_expert_bytes = float(self.model.non_expert_bytes(self.precision))
+        self.pinned_bytes = float(used_by[local.index])
+        static = self.non_expert_bytes + self.pinned_bytes + self.cache.capacity_bytes
+        if static > local.spec.capacity_bytes:
+            raise ConfigError(
+                f"local tier '{local.name}' ({local.spec.capacity_bytes / gb:.4g} GB) cannot hold "
+                f"non-expert weights {self.non_expert_bytes / gb:.4g} GB + pinned experts "
+                f"{self.pinned_bytes / gb:.4g} GB + expert cache "
+                f"{self.cache.capacity_bytes / gb:.4g} GB", source=src,
+                key=f"system.tiers.{local.tier}.capacity_gb")
+
+    # ------------------------------------------------------------------ transfers
+    def _on_flow_done(self, f: Flow) -> None:
+        oid, dev, phase, purpose = f.tag
+        self.fetched_bytes[phase, dev] += f.size
+        if self.log_events:
+            tl = self.transfers
+            tl.start.append(f.start_at)
+            tl.end.append(f.done_at)
+            tl.nbytes.append(f.size)
+            tl.src.append(dev)
+            tl.oid.append(oid)
+            tl.phase.append(phase)
+            tl.purpose.append(purpose)
+
+    # ------------------------------------------------------------------ the MoE block
+    def _moe_layer(self, phase: int, layer: int, oids, counts, n: int, t: float):
+        """Look up ``oids`` (with per-object token counts, or None = 1 each) and time the MoE
+        block starting at ``t``. Returns the end time, or a state tuple when the fetches must
+        go through SimPy events (see ``_moe_layer_events``)."""
+        pinned = self._pinned
+        access = self._cache_access
+        hit_u = hit_a = 0
+        missed = None
+        i = 0
+        for oid in oids:
+            c = 1 if counts is None else counts[i]
+            i += 1
+            if pinned[oid] or access(oid):
+                hit_u += 1
+                hit_a += c
+            else:
+                if missed is None:
+                    missed = []
+                missed.append((oid, c))
+        self.lookups[phase] += i
+        self.hits[phase] += hit_u
+        self.layer_lookups[phase, layer] += i
+        self.layer_hits[phase, layer] += hit_u
+        t_hit = t + self.compute.moe(n, hit_a, hit_u, phase)
+        if missed is None:
+            return t_hit
+        self.misses[phase] += len(missed)
+        home, paths, sizes, cache = self.home, self.paths, self._obj_bytes, self.cache
+        flows = []
+        for oid, c in missed:
+            dev = home[oid]
+            res, lat = paths[dev]
+            size = sizes[oid]
+            flows.append(Flow(size, res, lat, tag=(oid, dev, phase, DEMAND)))
+            self.served[phase, dev] += 1
+            evicted = cache.insert(oid, size)
+            if not evicted or evicted[-1] != oid:
+                self.insertions += 1
+            self.evictions += len(evicted) - (1 if evicted and evicted[-1] == oid else 0)
+        if cache.used_bytes > self.peak_cache_bytes:
+            self.peak_cache_bytes = cache.used_bytes
+        if self.fast_path and self.net.run_isolated(flows, t, self.env.peek()):
+            return self._schedule_late(phase, flows, missed, t_hit)
+        return (flows, missed, t, t_hit)
+
+    def _schedule_late(self, phase: int, flows, missed, t_hit: float) -> float:
+        end = t_hit
+        expert_time = self.compute.expert
+        for f, (_oid, c) in sorted(zip(flows, missed), key=lambda fm: fm[0].done_at):
+            end = max(end, f.done_at) + expert_time(c, phase)
+        return end
+
+    def _moe_layer_events(self, phase: int, state):
+        flows, missed, t, t_hit = state
+        env = self.env
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        events = self.net.start(flows)
+        yield env.all_of(events)
+        return self._schedule_late(phase, flows, missed, t_hit)
+
+    def _sync(self):
+        """Hand control to SimPy up to our clock if any other event is due by then."""
+        env = self.env
+        if env.peek() <= self.t:
+            yield env.timeout(max(0.0, self.t - env.now))
+
+    # ------------------------------------------------------------------ iterations
+    def _contexts(self, rows: np.ndarray) -> float:
+        return float((self.trace.token[rows].astype(np.float64) + 1.0).sum())
+
+    def _route(self, phase: int, layer: int, rows: np.ndarray):
+        """Routed experts of trace ``rows`` at ``layer`` after the routing policy, as
+        (ascending oids, token counts)."""
+        ex = self.trace.experts[rows, layer].astype(np.int64)
+        ex = np.asarray(self.routing.route(phase, layer, rows, ex), dtype=np.int64)
+        o = (layer * self.ctx.num_experts + ex.ravel()) * self.ctx.slices_per_expert
+        u, c = np.unique(o, return_counts=True)
+        return u.tolist(), c.tolist()
+
+    def _prefill(self, batch: list[Request]):
+        compute, L = self.compute, self.ctx.num_layers
+        phase = PREFILL
+        t0 = self.t
+        rows = np.concatenate([np.arange(q.start, q.start + q.n_prefill) for q in batch])
+        n = int(rows.size)
+        ctx_sum = self._contexts(rows)
+        kv_read = float(sum(int(self.trace.token[q.start + q.n_prefill - 1]) + 1 for q in batch))
+        t = t0 + compute.dense_and_head(n, len(batch), ctx_sum, kv_read, phase)
+        t_full, t_lin = compute.attention(n, ctx_sum, kv_read, phase)
+        (ff, fb), (lf, lb) = compute.attention_cost(n, ctx_sum, kv_read)
+        full = compute.full_attention
+        n_full = sum(full)
+        compute.account(phase, n_full * ff + (L - n_full) * lf, n_full * fb + (L - n_full) * lb)
+        identity = self.routing.identity
+        if identity:
+            ex = self.trace.experts[rows]
+            E, S = self.ctx.num_experts, self.ctx.slices_per_expert
+            base = np.arange(L, dtype=np.int64)[None, :, None] * E
+            cnt = np.bincount((base + ex).ravel(), minlength=L * E).reshape(L, E)
+        self.accesses[phase] += n * L * self.ctx.trace.meta.top_k
+        for layer in range(L):
+            t += t_full if full[layer] else t_lin
+            if identity:
+                nz = np.flatnonzero(cnt[layer])
+                oids = ((nz + layer * E) * S).tolist()
+                counts = cnt[layer, nz].tolist()
+            else:
+                oids, counts = self._route(phase, layer, rows)
+            r = self._moe_layer(phase, layer, oids, counts, n, t)
+            if type(r) is tuple:
+                r = yield from self._moe_layer_events(phase, r)
+            t = r
+        self._end_iteration(phase, t0, t, n)
+        for q in batch:
+            q.first_token = t
+            q.token_times.append(t)
+            self.kv_tokens_live += q.n_prefill
+            self.warmup.on_prefill_end(q.rid, self.cache)
+        self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_tokens_live)
+
+    def _decode(self, batch: list[Request]):
+        compute, L = self.compute, self.ctx.num_layers
+        phase = DECODE
+        t0 = self.t
+        n = len(batch)
+        rows = np.fromiter((q.start + q.n_prefill + q.decoded for q in batch), dtype=np.int64,
+                           count=n)
+        ctx_sum = self._contexts(rows)
+        t = t0 + compute.dense_and_head(n, n, ctx_sum, ctx_sum, phase)
+        t_full, t_lin = compute.attention(n, ctx_sum, ctx_sum, phase)
+        (ff, fb), (lf, lb) = compute.attention_cost(n, ctx_sum, ctx_sum)
+        full = compute.full_attention
+        n_full = sum(full)
+        compute.account(phase, n_full * ff + (L - n_full) * lf, n_full * fb + (L - n_full) * lb)
+        identity = self.routing.identity
+        token_oids = [q.dec_oids[q.decoded] for q in batch] if identity else None
+        self.accesses[phase] += n * L * self.ctx.trace.meta.top_k
+        moe_layer = self._moe_layer
+        for layer in range(L):
+            t += t_full if full[layer] else t_lin
+            if not identity:
+                oids, counts = self._route(phase, layer, rows)
+            elif n == 1:
+                oids, counts = token_oids[0][layer], None
+            else:
+                cnt: dict[int, int] = {}
+                for to in token_oids:
+                    for o in to[layer]:
+                        cnt[o] = cnt.get(o, 0) + 1
+                oids = sorted(cnt)
+                counts = [cnt[o] for o in oids]
+            r = moe_layer(phase, layer, oids, counts, n, t)
+            if type(r) is tuple:
+                r = yield from self._moe_layer_events(phase, r)
+            t = r
+        self._end_iteration(phase, t0, t, n)
+        self.kv_tokens_live += n
+        self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_tokens_live)
+        for q in batch:
+            q.decoded += 1
+            q.token_times.append(t)
+            if q.decoded == 1 and not q.n_prefill:
+                q.first_token = t
+
+    def _end_iteration(self, phase: int, t0: float, t: float, n: int) -> None:
+        self.phase_time[phase] += t - t0
+        self.iterations[phase] += 1
+        if self.log_events:
+            self.steps.append((self.iterations[0] + self.iterations[1] - 1, phase, t0, t, n))
+        self.t = t
+        self.placement.on_iteration_end(t)
+
+    def _prepare_decode(self, q: Request) -> None:
+        if q.n_decode and self.routing.identity:
+            E, S, L = self.ctx.num_experts, self.ctx.slices_per_expert, self.ctx.num_layers
+            s = q.start + q.n_prefill
+            ex = self.trace.experts[s:s + q.n_decode].astype(np.int64)
+            base = np.arange(L, dtype=np.int64)[None, :, None] * E
+            q.dec_oids = ((ex + base) * S).tolist()
+
+    def _finish(self, q: Request, t: float) -> None:
+        q.finish = t
+        self.kv_tokens_live -= q.n_prefill + q.decoded
+        q.dec_oids = None
+
+    # ------------------------------------------------------------------ main process
+    def _executor(self):
+        wl = self.cfg.workload
+        B = wl.batch_size
+        closed = wl.arrivals.process == "closed_loop"
+        backlog = deque(self.requests)
+        future: deque[Request] = deque()
+        if closed:
+            for _ in range(min(closed_loop_concurrency(wl), len(backlog))):
+                q = backlog.popleft()
+                q.arrival = 0.0
+                future.append(q)
+        else:
+            future, backlog = backlog, deque()
+        waiting: deque[Request] = deque()
+        running: list[Request] = []
+        while True:
+            if self.env.peek() <= self.t:
+                yield from self._sync()
+            while future and future[0].arrival <= self.t:
+                waiting.append(future.popleft())
+            new = []
+            while waiting and len(running) + len(new) < B:
+                q = waiting.popleft()
+                q.admitted = self.t
+                self._prepare_decode(q)
+                new.append(q)
+            prefill = [q for q in new if q.n_prefill]
+            running.extend(q for q in new if not q.n_prefill)
+            done: list[Request] = []
+            if prefill:
+                yield from self._prefill(prefill)
+                for q in prefill:
+                    (running.append(q) if q.n_decode else done.append(q))
+            elif running:
+                yield from self._decode(running)
+                done = [q for q in running if q.decoded >= q.n_decode]
+                if done:
+                    running = [q for q in running if q.decoded < q.n_decode]
+            elif future:
+                self.t = max(self.t, future[0].arrival)
+                continue
+            else:
+                break
+            for q in done:
+                self._finish(q, self.t)
+                if closed and backlog:
+                    nq = backlog.popleft()
+                    nq.arrival = self.t
+                    future.append(nq)
+
+    def run(self):
+        """Run to completion and return a :class:`simulator.metrics.summary.RunResult`."""
+        from ..metrics.summary import collect
+        self._pinned = self.ctx.pinned.tolist()
+        self._obj_bytes = self.ctx.object_bytes.tolist()
+        self._cache_access = self.cache.access
+        self.warm_objects = list(self.warmup.initialize(self.cache))
+        self.peak_cache_bytes = self.cache.used_bytes
+        proc = self.env.process(self._executor())
+        self.env.run(until=proc)
+        if self.env.now < self.t:
+            self.env.run(until=self.t)
+        self.net.close(self.t)
+        return collect(self)

@@ -1,0 +1,103 @@
+"""Every metric a run reports: name, unit and formula (the README table is generated from this
+list and a test checks that ``summary.json`` holds exactly these names).
+
+``<phase>`` is prefill or decode, ``<device>`` a memory device name (``hbm``, ``dram``,
+``cxl.0``...), ``<link>`` a link name, ``<tier>`` a tier with several devices.
+"""
+from __future__ import annotations
+
+import re
+
+METRICS: list[tuple[str, str, str]] = [
+    # workload
+    ("requests", "count", "requests simulated"),
+    ("prefill_tokens", "tokens", "prompt tokens processed"),
+    ("decode_tokens", "tokens", "decode steps (one generated token each)"),
+    ("iterations.<phase>", "count", "compute-unit iterations of that phase"),
+    ("makespan_s", "s", "time from the first arrival to the last request's completion"),
+    ("time.<phase>_s", "s", "sum of the durations of that phase's iterations"),
+    # latency
+    ("ttft_s.mean", "s", "time to first token = first forward pass end - arrival, averaged over requests"),
+    ("ttft_s.p50", "s", "median TTFT"),
+    ("ttft_s.p99", "s", "99th percentile TTFT (linear interpolation)"),
+    ("tpot_s.mean", "s", "time per output token: mean over all gaps between a request's consecutive "
+                          "token completions (first gap from the first token)"),
+    ("tpot_s.p50", "s", "median of those gaps"),
+    ("tpot_s.p99", "s", "99th percentile of those gaps"),
+    ("e2e_s.mean", "s", "end-to-end latency = completion - arrival, mean over requests"),
+    ("e2e_s.p50", "s", "median end-to-end latency"),
+    ("e2e_s.p99", "s", "99th percentile end-to-end latency"),
+    ("queue_s.mean", "s", "admission - arrival, mean over requests"),
+    ("decode_tokens_per_s", "tokens/s", "decode_tokens / makespan_s"),
+    ("tokens_per_s", "tokens/s", "(prefill_tokens + decode_tokens) / makespan_s"),
+    # accesses
+    ("expert_accesses.<phase>", "count", "token->expert uses: tokens x MoE layers x top-k"),
+    ("lookups.<phase>", "count", "expert lookups: distinct experts needed per layer per iteration"),
+    ("hits.<phase>", "count", "lookups served from the local tier (pinned or cached)"),
+    ("misses.<phase>", "count", "lookups that had to fetch from another tier"),
+    ("hit_rate.<phase>", "fraction", "hits / lookups of that phase"),
+    ("hit_rate", "fraction", "hits / lookups over both phases"),
+    ("lookups_served.<phase>.<device>", "count", "lookups served by that device "
+                                                 "(the local device's count = hits)"),
+    # bytes
+    ("bytes.fetched.<phase>", "B", "bytes copied into the local tier by demand fetches and prefetches"),
+    ("bytes.read.<device>", "B", "bytes read from the device: fetches out of it, and weight/KV "
+                                 "reads by the compute unit for the local device"),
+    ("bytes.written.<device>", "B", "bytes written into the device (fetch destinations)"),
+    ("bytes.link.<link>", "B", "bytes that crossed the link (both directions)"),
+    # energy
+    ("energy_j.total", "J", "sum of every energy component below (compute + dynamic + link + static)"),
+    ("energy_j.compute", "J", "FLOPs x energy_pj_per_flop"),
+    ("energy_j.dynamic.<device>", "J", "bytes read x read pJ/bit x 8 + bytes written x write pJ/bit x 8"),
+    ("energy_j.link.<link>", "J", "bytes.link x energy_pj_per_bit x 8"),
+    ("energy_j.static.compute", "J", "compute static power x makespan_s"),
+    ("energy_j.static.<device>", "J", "device static power x makespan_s"),
+    ("energy_j.<phase>", "J", "energy of that phase: its compute, dynamic and link energy plus "
+                              "static power x time.<phase>_s"),
+    ("energy_j.idle", "J", "static power x (makespan_s - time.prefill_s - time.decode_s)"),
+    ("energy_j_per_decode_token", "J/token", "energy_j.total / decode_tokens"),
+    ("energy_j_per_token", "J/token", "energy_j.total / (prefill_tokens + decode_tokens)"),
+    # cost and memory
+    ("memory_cost_usd", "USD", "sum over devices of capacity x cost per GB"),
+    ("memory_cost_usd.<device>", "USD", "capacity x cost per GB of the device"),
+    ("local.capacity_bytes", "B", "capacity of the compute unit's memory"),
+    ("local.non_expert_bytes", "B", "attention, shared-expert, router, dense-layer and embedding weights"),
+    ("local.pinned_bytes", "B", "experts pinned in local memory by placement"),
+    ("local.kv_peak_bytes", "B", "largest KV-cache footprint (live tokens x KV bytes per token)"),
+    ("local.headroom_bytes", "B", "capacity - non-expert - pinned - cache capacity - KV peak "
+                                  "(negative = over-committed)"),
+    ("cache.capacity_bytes", "B", "expert-cache budget"),
+    ("cache.peak_bytes", "B", "largest occupancy of the expert cache (never above capacity)"),
+    ("cache.insertions", "count", "objects admitted to the cache"),
+    ("cache.evictions", "count", "objects evicted from the cache"),
+    # utilisation
+    ("utilization.compute", "fraction", "(time.prefill_s + time.decode_s) / makespan_s"),
+    ("utilization.link.<link>", "fraction", "time with at least one transfer on the link / makespan_s"),
+    ("utilization.device.<device>", "fraction", "time with at least one transfer reading or writing "
+                                                "the device / makespan_s"),
+    ("load_balance_cv.<tier>", "ratio", "coefficient of variation (std/mean) of bytes read from "
+                                        "the tier's devices (tiers with several devices)"),
+]
+
+
+def _pattern(name: str) -> re.Pattern:
+    parts = re.split(r"(<[a-z]+>)", name)
+    rx = "".join({"<phase>": "(prefill|decode)"}.get(p, r"[A-Za-z0-9_.\-]+") if p.startswith("<")
+                 else re.escape(p) for p in parts)
+    return re.compile(f"^{rx}$")
+
+
+_PATTERNS = [(_pattern(n), n) for n, _, _ in METRICS]
+
+
+def definition_of(key: str) -> tuple[str, str, str] | None:
+    """The (name, unit, formula) row documenting summary key ``key``."""
+    for rx, name in _PATTERNS:
+        if rx.match(key):
+            return next(m for m in METRICS if m[0] == name)
+    return None
+
+
+def unit_of(key: str) -> str:
+    d = definition_of(key)
+    return d[1] if d else ""

@@ -1,0 +1,179 @@
+"""Policy interfaces, one per decision axis, and their registries.
+
+The engine never names a concrete policy: it looks each axis up by the ``name`` key of its
+YAML section (``cache: {name: lru, capacity_gb: 24}``) and talks to it through the methods
+below. A new policy is one file in the axis folder (``policies/cache/lru.py``) holding a
+subclass with a ``Params`` dataclass, registered with the axis decorator::
+
+    @CACHE.register("lru")
+    class LRU(CachePolicy):
+        @dataclass(frozen=True, kw_only=True)
+        class Params(CachePolicy.Params): ...
+
+Objects. Everything a cache can hold is an integer *object id* with a size in bytes:
+``oid = (layer * num_experts + expert) * slices_per_expert + slice``. Today an expert is one
+slice; bit-sliced caching (SliceMoE) splits it into MSB/LSB slices without changing the
+engine or the cache interface.
+
+Hooks. Policies observe the run through the ``on_*`` methods; defaults do nothing, and the
+engine skips axes whose policy declares it needs no calls (``active = False``), so a
+baseline costs nothing on the hot path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+
+import numpy as np
+
+from ..config.strict import build, field
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..engine.context import SimContext
+
+PLACEMENT: Registry[type["PlacementPolicy"]] = Registry("placement policy", "simulator.policies.placement")
+CACHE: Registry[type["CachePolicy"]] = Registry("cache policy", "simulator.policies.cache")
+PREFETCH: Registry[type["PrefetchPolicy"]] = Registry("prefetch policy", "simulator.policies.prefetch")
+ROUTING: Registry[type["RoutingPolicy"]] = Registry("routing policy", "simulator.policies.routing")
+WARMUP: Registry[type["WarmupPolicy"]] = Registry("warmup policy", "simulator.policies.warmup")
+KV: Registry[type["KVPolicy"]] = Registry("KV-cache policy", "simulator.policies.kv")
+
+AXES: dict[str, Registry] = {"placement": PLACEMENT, "cache": CACHE, "prefetch": PREFETCH,
+                             "routing": ROUTING, "warmup": WARMUP, "kv": KV}
+
+
+class Policy:
+    """Common plumbing: a ``Params`` dataclass built strictly from the YAML section."""
+
+    registry_name: ClassVar[str] = "?"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Params:
+        pass
+
+    def __init__(self, params: "Policy.Params", ctx: "SimContext"):
+        self.params = params
+        self.ctx = ctx
+
+    @classmethod
+    def parse_params(cls, section: dict[str, Any], *, key: str, source: str | None):
+        data = {k: v for k, v in section.items() if k != "name"}
+        return build(cls.Params, data, key=key, source=source)
+
+
+def make_policy(axis: str, section: dict[str, Any], ctx: "SimContext", *, source: str | None = None):
+    cls = policy_class(axis, section, source=source)
+    return cls(cls.parse_params(section, key=axis, source=source), ctx)
+
+
+def policy_class(axis: str, section: dict[str, Any], *, source: str | None = None):
+    from ..errors import ConfigError
+    if not isinstance(section, dict) or "name" not in section:
+        raise ConfigError("needs a 'name' key naming the policy; choose from "
+                          f"{', '.join(AXES[axis].names())}", source=source, key=axis)
+    return AXES[axis].get(section["name"], key=f"{axis}.name", source=source)
+
+
+# ---------------------------------------------------------------------------- placement
+class PlacementPolicy(Policy):
+    """Decides the *home* device of every object: where it lives when not cached.
+
+    Objects homed on a device of the local tier are pinned there: always hits, never evicted.
+    """
+
+    def place(self) -> np.ndarray:
+        """Return an int array (n_objects,) of device indices (``ctx.devices``)."""
+        raise NotImplementedError
+
+    def on_iteration_end(self, now: float) -> None:
+        """Hook for dynamic placement (migration); default: static."""
+
+
+# ---------------------------------------------------------------------------- cache
+class CachePolicy(Policy):
+    """An eviction policy over a byte budget in the local tier.
+
+    Contract (identical to libCacheSim's ``get`` = ``find`` + ``insert``): the engine calls
+    :meth:`access` on every lookup; on a miss it fetches the object and calls :meth:`insert`,
+    which evicts as needed and returns the evicted ids. ``used_bytes`` never exceeds
+    ``capacity_bytes``.
+    """
+
+    @dataclass(frozen=True, kw_only=True)
+    class Params:
+        capacity_gb: float = field(0.0, min=0.0, help="cache budget in the local tier, GB (10^9 B)")
+
+    capacity_bytes: float
+    used_bytes: float
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.capacity_bytes = float(params.capacity_gb) * 1e9
+        self.used_bytes = 0.0
+
+    def access(self, oid: int) -> bool:
+        """Lookup with state update. True = hit."""
+        raise NotImplementedError
+
+    def contains(self, oid: int) -> bool:
+        """Lookup without state update."""
+        raise NotImplementedError
+
+    def insert(self, oid: int, size: float) -> list[int]:
+        """Admit ``oid`` after a miss; return the ids evicted to make room (may include
+        ``oid`` itself when the policy declines to keep it)."""
+        raise NotImplementedError
+
+    def remove(self, oid: int) -> bool:
+        """Drop ``oid`` if present (invalidation, migration)."""
+        raise NotImplementedError
+
+    def resident(self) -> Iterable[int]:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- prefetch
+class PrefetchPolicy(Policy):
+    """Chooses objects to fetch ahead of demand; the engine issues them as background flows
+    that overlap compute, and inserts them into the cache when they arrive."""
+
+    active: ClassVar[bool] = True
+
+    def on_layer_start(self, phase: int, layer: int, tokens: np.ndarray) -> list[int]:
+        """Called when an iteration starts ``layer`` for token rows ``tokens``; return object
+        ids to prefetch now."""
+        return []
+
+
+# ---------------------------------------------------------------------------- routing
+class RoutingPolicy(Policy):
+    """May change which experts a token uses (cache-aware routing)."""
+
+    identity: ClassVar[bool] = False
+
+    def route(self, phase: int, layer: int, tokens: np.ndarray, experts: np.ndarray) -> np.ndarray:
+        """Return the (n_tokens, k) experts to use at ``layer`` for trace rows ``tokens``,
+        given the recorded choice ``experts``."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- warmup
+class WarmupPolicy(Policy):
+    """Sets the cache state at the start of the run and at phase transitions."""
+
+    def initialize(self, cache: CachePolicy) -> list[int]:
+        """Fill the cache before the run; return the object ids placed (loaded off the clock)."""
+        return []
+
+    def on_prefill_end(self, request_id: int, cache: CachePolicy) -> None:
+        """Hook at a request's prefill -> decode transition."""
+
+
+# ---------------------------------------------------------------------------- KV cache
+class KVPolicy(Policy):
+    """Where the KV cache lives and what attention reads cost."""
+
+    def attention_reads_local(self) -> bool:
+        """True if attention reads its KV from the compute unit's own memory (roofline term)."""
+        return True

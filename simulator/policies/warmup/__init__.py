@@ -1,0 +1,1 @@
+"""warmup policies: one file per policy, each registered with the WARMUP registry in policies/base.py."""
