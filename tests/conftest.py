@@ -23,3 +23,28 @@ def shared_traces() -> Path:
     if not d.is_dir():
         pytest.skip(f"real traces not available at {d} (set MOESIM_SHARED_TRACES)")
     return d
+
+
+# Every per-token real trace format present in ../shared/traces, by a short name.
+REAL_TRACE_SOURCES = {
+    "mixtral-decode": "speculative-moe-mixtral/humaneval_2_routing.jsonl",
+    "mixtral-raw": "speculative-moe-mixtral/routing_raw.jsonl",
+    "flame-encoder": "flame-moe-dynande/Encoder_Batch_0-32",
+    "flame-decoder": "flame-moe-dynande/Decoder_Batch_0-64",
+    "deepseek-v2-lite": "moe-beyond-deepseek-v2-lite/deepseek_v2_lite_chat_prefill_topk.npz",
+    "qwen1.5-moe": "moe-ocs-qwen/outputs/experiment_traces",
+    "qwen3.6-vllm": "moe-ocs-qwen/data/routing_traces/routing_pretrained.json",
+}
+
+_IMPORTED: dict = {}
+
+
+def real_trace(name: str):
+    """Import one real trace (cached per session); skips the test if the source is absent."""
+    path = shared_traces_dir() / REAL_TRACE_SOURCES[name]
+    if not path.exists():
+        pytest.skip(f"real trace {name} not available at {path}")
+    if name not in _IMPORTED:
+        from simulator.traces.importers import import_path
+        _IMPORTED[name] = import_path(path).trace
+    return _IMPORTED[name]

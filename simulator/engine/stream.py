@@ -27,20 +27,33 @@ def request_prefill_oids(ex_pre: np.ndarray, num_experts: int, slices: int = 1) 
 
 
 def canonical_stream(ctx, *, exclude_pinned: bool = False) -> np.ndarray:
-    tr = ctx.trace
-    L, E = tr.meta.num_layers, tr.meta.num_experts
-    S = ctx.slices_per_expert
+    """The stream of a simulation context (its requests, slices and pinned objects)."""
+    return trace_stream(ctx.trace, ctx.requests, slices=ctx.slices_per_expert,
+                        pinned=ctx.pinned if exclude_pinned else None)
+
+
+def trace_stream(trace, requests=None, *, slices: int = 1, pinned: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """Canonical lookup stream of ``trace`` for ``requests`` (default: every request in trace
+    order), without objects flagged in ``pinned``."""
+    if requests is None:
+        from .workload import Request
+        ids, starts, ends = trace.request_bounds()
+        n_pre = np.add.reduceat((trace.phase == PREFILL).astype(np.int64), starts)
+        requests = [Request(int(r), int(s), int(p), int(e - s - p))
+                    for r, s, e, p in zip(ids, starts, ends, n_pre)]
+    L, E = trace.meta.num_layers, trace.meta.num_experts
     base = (np.arange(L, dtype=np.int64) * E)[None, :, None]
     parts = []
-    for req in ctx.requests:
+    for req in requests:
         if req.n_prefill:
-            ex = tr.experts[req.start:req.start + req.n_prefill]
-            parts.extend(request_prefill_oids(ex, E, S))
+            ex = trace.experts[req.start:req.start + req.n_prefill]
+            parts.extend(request_prefill_oids(ex, E, slices))
         if req.n_decode:
             s = req.start + req.n_prefill
-            ex = tr.experts[s:s + req.n_decode].astype(np.int64)
-            parts.append(((ex + base) * S).ravel())
+            ex = trace.experts[s:s + req.n_decode].astype(np.int64)
+            parts.append(((ex + base) * slices).ravel())
     stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    if exclude_pinned and ctx.pinned is not None:
-        stream = stream[~ctx.pinned[stream]]
+    if pinned is not None:
+        stream = stream[~pinned[stream]]
     return stream

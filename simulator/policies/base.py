@@ -109,7 +109,8 @@ class CachePolicy(Policy):
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
-        self.capacity_bytes = float(params.capacity_gb) * 1e9
+        # whole bytes: GB values like 3 x 0.352321536 must not lose an object to rounding
+        self.capacity_bytes = float(round(float(params.capacity_gb) * 1e9))
         self.used_bytes = 0.0
 
     def access(self, oid: int) -> bool:

@@ -1,0 +1,223 @@
+"""End-to-end engine checks against closed forms, invariants and a peer cache simulator.
+
+The hardware numbers are pinned in the configs below (profile values overridden), so the
+hand computations in these tests do not move when a profile's sourced value is revised.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+from simulator import run
+from simulator.config.load import load_mapping
+from simulator.engine.simulation import Simulation
+from simulator.engine.stream import trace_stream
+from simulator.traces.io import read_trace
+from simulator.traces.synthetic import RoutingModel, generate
+
+GB = 1e9
+# OLMoE-1B-7B shapes (public config.json), written out here independently of the catalog:
+H, INTER, E, K, LAYERS, HEADS, HD, VOCAB = 2048, 1024, 64, 8, 16, 16, 128, 50304
+P_BF16 = 2
+PE = 3 * H * INTER                          # params per routed expert (SwiGLU)
+A = H * HEADS * HD + 2 * H * HEADS * HD + HEADS * HD * H   # q, k, v, o
+KV_PER_TOKEN_LAYER = 2 * HEADS * HD * P_BF16
+EXPERT_BYTES = PE * P_BF16
+# pinned hardware
+F = 1000e12          # FLOP/s
+B_HBM = 3000e9       # B/s
+B_DRAM, LAT_DRAM = 200e9, 100e-9
+B_PCIE, LAT_PCIE = 50e9, 10e-6
+
+
+@pytest.fixture(scope="module")
+def olmoe_trace(tmp_path_factory):
+    m = RoutingModel.from_knobs(num_layers=LAYERS, num_experts=E, top_k=K, model="olmoe-1b-7b",
+                                zipf_alpha=0.9, locality_decode=0.3, seed=5)
+    path = tmp_path_factory.mktemp("tr") / "olmoe.parquet"
+    generate(m, path, requests=3, prompt_len=20, decode_len=12, seed=5, len_jitter=0.3)
+    return path
+
+
+def base_config(trace_path, **sections) -> dict:
+    cfg = {
+        "name": "test", "seed": 1, "trace": str(trace_path),
+        "model": {"precision": "bf16"},
+        "system": {
+            "compute": {"profile": "h100_sxm", "peak_tflops_bf16": F / 1e12, "compute_efficiency": 1.0},
+            "local_tier": "hbm",
+            "tiers": {"hbm": {"profile": "hbm3_h100_sxm", "read_bw_gbytes_per_s": B_HBM / GB,
+                              "write_bw_gbytes_per_s": B_HBM / GB},
+                      "dram": {"profile": "ddr5_4800_8ch", "path": ["pcie"],
+                               "read_bw_gbytes_per_s": B_DRAM / GB, "write_bw_gbytes_per_s": B_DRAM / GB,
+                               "latency_ns": LAT_DRAM * 1e9}},
+            "links": {"pcie": {"profile": "pcie5_x16", "bw_gbytes_per_s": B_PCIE / GB,
+                               "latency_ns": LAT_PCIE * 1e9}},
+        },
+        "placement": {"name": "single_tier", "tier": "dram"},
+        "cache": {"name": "lru", "capacity_gb": 2.0},
+        "workload": {"batch_size": 1},
+    }
+    for k, v in sections.items():
+        cfg[k] = v
+    return cfg
+
+
+def simulate(cfg: dict, fast_path: bool = True):
+    loaded = load_mapping(copy.deepcopy(cfg), source="test")
+    sim = Simulation(loaded, fast_path=fast_path)
+    return sim, sim.run()
+
+
+def decode_time_all_resident(pos: int) -> float:
+    """Hand roofline of one batch-1 decode iteration of OLMoE at position ``pos``."""
+    c = pos + 1                                             # context incl. the token itself
+    att_fl = 2 * A + 2 * HEADS * (HD + HD) * c
+    att_by = A * P_BF16 + KV_PER_TOKEN_LAYER * (c + 1)      # read context, write own KV
+    moe_fl = 2 * PE * K + 2 * H * E                         # 8 experts + router
+    moe_by = EXPERT_BYTES * K + H * E * P_BF16
+    layer = max(att_fl / F, att_by / B_HBM) + max(moe_fl / F, moe_by / B_HBM)
+    head = max(2 * H * VOCAB / F, H * VOCAB * P_BF16 / B_HBM)
+    return LAYERS * layer + head
+
+
+def test_all_resident_tpot_equals_hand_roofline(olmoe_trace):
+    cfg = base_config(olmoe_trace, placement={"name": "all_resident"}, cache={"name": "none"})
+    sim, res = simulate(cfg)
+    tr = sim.trace
+    expected = []
+    for q in sim.requests:
+        pos = tr.token[q.start + q.n_prefill: q.start + q.n_prefill + q.n_decode]
+        expected.extend(decode_time_all_resident(int(p)) for p in pos)
+    assert res.summary["misses.decode"] == 0 and res.summary["hit_rate"] == 1.0
+    assert res.summary["tpot_s.mean"] == pytest.approx(np.mean(expected), rel=1e-12)
+    assert res.summary["tpot_s.p99"] == pytest.approx(np.percentile(expected, 99), rel=1e-12)
+    # roughly 1 ms per token for OLMoE on an H100-class GPU
+    assert 2e-4 < res.summary["tpot_s.mean"] < 3e-3
+
+
+def test_on_demand_decode_layer_is_closed_form(olmoe_trace):
+    """No cache: each layer fetches its 8 experts together over one path (processor sharing:
+    all arrive at lat + 8*b/min(bw)), then runs them one by one."""
+    cfg = base_config(olmoe_trace, cache={"name": "none"},
+                      workload={"batch_size": 1, "phases": "decode", "max_requests": 1})
+    sim, res = simulate(cfg)
+    q = sim.requests[0]
+    pos0 = int(sim.trace.token[q.start])
+    c = pos0 + 1
+    att = max((2 * A + 2 * HEADS * 2 * HD * c) / F, (A * P_BF16 + KV_PER_TOKEN_LAYER * (c + 1)) / B_HBM)
+    fetch = LAT_DRAM + LAT_PCIE + K * EXPERT_BYTES / min(B_DRAM, B_PCIE, B_HBM)
+    one_expert = max(2 * PE / F, EXPERT_BYTES / B_HBM)
+    head = max(2 * H * VOCAB / F, H * VOCAB * P_BF16 / B_HBM)
+    expected_first = LAYERS * (att + fetch + K * one_expert) + head
+    assert res.requests.loc[0, "ttft_s"] == pytest.approx(expected_first, rel=1e-12)
+    assert res.summary["hits.decode"] == 0
+    assert res.summary["bytes.fetched.decode"] == res.summary["misses.decode"] * EXPERT_BYTES
+
+
+def test_bytes_conserved_and_energy_is_sum_of_parts(olmoe_trace):
+    sim, res = simulate(base_config(olmoe_trace))
+    s, tx = res.summary, res.transfers
+    fetched = s["bytes.fetched.prefill"] + s["bytes.fetched.decode"]
+    assert tx["bytes"].sum() == pytest.approx(fetched)
+    assert fetched == (s["misses.prefill"] + s["misses.decode"]) * EXPERT_BYTES
+    # what left DRAM crossed PCIe and landed in HBM
+    assert s["bytes.read.dram"] == pytest.approx(fetched)
+    assert s["bytes.link.pcie"] == pytest.approx(fetched)
+    assert s["bytes.written.hbm"] == pytest.approx(fetched)
+    assert sim.system.links["pcie"].fwd.bytes == pytest.approx(fetched, rel=1e-9)
+    # energy: total = sum of components = sum over phases + idle
+    parts = [v for k, v in s.items() if k.startswith(("energy_j.dynamic.", "energy_j.link.",
+                                                       "energy_j.static."))]
+    assert s["energy_j.total"] == pytest.approx(s["energy_j.compute"] + sum(parts), rel=1e-12)
+    assert s["energy_j.total"] == pytest.approx(
+        s["energy_j.prefill"] + s["energy_j.decode"] + s["energy_j.idle"], rel=1e-9)
+    # an independent recount of two components from the transfers table and profiles
+    pcie = sim.system.links["pcie"].spec
+    assert s["energy_j.link.pcie"] == pytest.approx(tx["bytes"].sum() * pcie.j_per_byte)
+    dram = sim.system.device("dram").spec
+    assert s["energy_j.dynamic.dram"] == pytest.approx(tx["bytes"].sum() * dram.read_j_per_byte)
+    assert s["energy_j_per_decode_token"] == pytest.approx(s["energy_j.total"] / s["decode_tokens"])
+
+
+@pytest.mark.parametrize("cache", ["lru", "lfu", "belady"])
+def test_cache_never_exceeds_capacity_and_hits_match_stream(olmoe_trace, cache):
+    cap_gb = 5 * EXPERT_BYTES / GB
+    sim, res = simulate(base_config(olmoe_trace, cache={"name": cache, "capacity_gb": cap_gb}))
+    s = res.summary
+    assert s["cache.peak_bytes"] <= s["cache.capacity_bytes"]
+    assert s["cache.peak_bytes"] == 5 * EXPERT_BYTES
+    assert s["lookups.prefill"] + s["lookups.decode"] == trace_stream(sim.trace).size
+    # the transfers happen in stream order: their objects are exactly the stream's misses
+    if cache == "lru":
+        from test_cache_vs_libcachesim import ours_hits
+        stream = trace_stream(sim.trace)
+        hits = ours_hits("lru", stream, 5)
+        assert sum(hits) == s["hits.prefill"] + s["hits.decode"]
+        assert res.transfers["object_id"].tolist() == stream[~np.array(hits)].tolist()
+
+
+def test_belady_is_a_bound_on_lru_and_lfu(olmoe_trace):
+    misses = {}
+    for cache in ("lru", "lfu", "belady"):
+        _, res = simulate(base_config(olmoe_trace, cache={"name": cache, "capacity_gb": 8 * EXPERT_BYTES / GB}))
+        misses[cache] = res.summary["misses.prefill"] + res.summary["misses.decode"]
+    assert misses["belady"] <= min(misses["lru"], misses["lfu"])
+
+
+def test_static_frequency_pins_hottest_experts(olmoe_trace):
+    cfg = base_config(olmoe_trace, cache={"name": "none"},
+                      placement={"name": "static_frequency", "pinned_gb": 100 * EXPERT_BYTES / GB,
+                                 "tier": "dram"})
+    sim, res = simulate(cfg)
+    tr = sim.trace
+    counts = np.bincount((np.arange(LAYERS)[None, :, None] * E + tr.experts.astype(int)).ravel(),
+                         minlength=LAYERS * E)
+    top = set(np.lexsort((np.arange(counts.size), -counts))[:100].tolist())
+    assert set(np.flatnonzero(sim.ctx.pinned).tolist()) == top
+    assert res.summary["local.pinned_bytes"] == 100 * EXPERT_BYTES
+    # every miss is an unpinned object
+    assert not set(res.transfers["object_id"].tolist()) & top
+
+
+@pytest.mark.parametrize("workload", [
+    {"batch_size": 1},
+    {"batch_size": 2, "arrivals": {"process": "poisson", "rate_per_s": 50.0}},
+    {"batch_size": 3, "arrivals": {"process": "all_at_once"}},
+])
+def test_fast_path_equals_event_path(olmoe_trace, workload):
+    cfg = base_config(olmoe_trace, workload=workload)
+    _, fast = simulate(cfg, fast_path=True)
+    _, slow = simulate(cfg, fast_path=False)
+    for k, v in fast.summary.items():
+        w = slow.summary[k]
+        if isinstance(v, float) and math.isnan(v):
+            assert math.isnan(w), k
+        else:
+            assert w == pytest.approx(v, rel=1e-9, abs=1e-15), k
+
+
+def test_same_config_and_seed_give_identical_results(olmoe_trace):
+    cfg = base_config(olmoe_trace, workload={"batch_size": 2,
+                                             "arrivals": {"process": "poisson", "rate_per_s": 20.0}})
+    _, a = simulate(cfg)
+    _, b = simulate(cfg)
+    assert a.summary == b.summary
+    assert a.requests.equals(b.requests) and a.transfers.equals(b.transfers)
+    cfg["seed"] = 2
+    _, c = simulate(cfg)
+    assert c.requests["arrival_s"].tolist() != a.requests["arrival_s"].tolist()
+
+
+def test_batching_raises_throughput(olmoe_trace):
+    outs = {}
+    for b in (1, 3):
+        _, res = simulate(base_config(olmoe_trace, workload={"batch_size": b}))
+        outs[b] = res.summary
+    assert outs[3]["decode_tokens_per_s"] > outs[1]["decode_tokens_per_s"]
+    # batched decode looks up each distinct expert once per layer
+    assert outs[3]["lookups.decode"] < outs[3]["expert_accesses.decode"]
+    assert outs[1]["lookups.decode"] == outs[1]["expert_accesses.decode"]
