@@ -90,6 +90,9 @@ def apply_set(raw: dict[str, Any], parts: list[str], value: Any) -> None:
     for i, part in enumerate(parts[:-1]):
         nxt = node[int(part)] if isinstance(node, list) and part.isdigit() else (
             node.get(part) if isinstance(node, dict) else None)
+        if isinstance(nxt, str) and isinstance(node, dict):
+            # a profile shorthand (``compute: h100_sxm``) being descended into
+            nxt = node[part] = {"profile": nxt}
         if nxt is None:
             if not isinstance(node, dict):
                 raise ConfigError(f"cannot set {'.'.join(parts)}: '{'.'.join(parts[:i])}' is "

@@ -170,6 +170,7 @@ def read_trace(path: str | os.PathLike, *, validate: bool = True) -> Trace:
             raise TraceError("required column is missing", source=src, field=col)
     n_rows = pf.metadata.num_rows
     if n_rows % L:
+        _locate_missing_layer(pf, src, L)
         raise TraceError(f"{n_rows} rows is not a multiple of num_layers={L}: a layer is missing "
                          "for some token (or the file is truncated)", source=src, field="layer")
     T = n_rows // L
@@ -288,3 +289,31 @@ def _fill_block(tab: pa.Table, src: str, row0: int, L: int, k: int, E: int, laye
         probs[:] = pr.flatten().to_numpy(zero_copy_only=False).reshape(T, L, E)
     if imputed is not None:
         imputed[:] = col_np("imputed").to_numpy(zero_copy_only=False).reshape(T, L)
+
+
+def _locate_missing_layer(pf: pq.ParquetFile, src: str, L: int) -> None:
+    """Raise a TraceError at the first (request, token) whose layers are not 0..L-1."""
+    try:
+        tab = pf.read(columns=["request_id", "token", "layer"])
+    except (pa.ArrowInvalid, OSError):
+        return
+    rid = tab.column("request_id").to_numpy()
+    tok = tab.column("token").to_numpy()
+    lay = tab.column("layer").to_numpy().astype(np.int64)
+    new_tok = np.ones(rid.size, dtype=bool)
+    new_tok[1:] = (rid[1:] != rid[:-1]) | (tok[1:] != tok[:-1])
+    starts = np.flatnonzero(new_tok)
+    expected = np.arange(rid.size) - np.repeat(starts, np.diff(np.append(starts, rid.size)))
+    bad = np.flatnonzero(lay != expected)
+    sizes = np.diff(np.append(starts, rid.size))
+    if bad.size:
+        r = int(bad[0])
+        raise TraceError(f"expected layer {int(expected[r])}, found layer {int(lay[r])} "
+                         f"(layer {int(expected[r])} of this token is missing)", source=src,
+                         row=r, request=int(rid[r]), token=int(tok[r]), field="layer")
+    short = np.flatnonzero(sizes != L)
+    if short.size:
+        r = int(starts[short[0]])
+        raise TraceError(f"token has {int(sizes[short[0]])} layers, expected {L} "
+                         f"(layers {int(sizes[short[0]])}..{L - 1} are missing)", source=src,
+                         row=r, request=int(rid[r]), token=int(tok[r]), field="layer")
