@@ -151,13 +151,13 @@ def test_cache_never_exceeds_capacity_and_hits_match_stream(olmoe_trace, cache):
     assert s["cache.peak_bytes"] <= s["cache.capacity_bytes"]
     assert s["cache.peak_bytes"] == 5 * EXPERT_BYTES
     assert s["lookups.prefill"] + s["lookups.decode"] == trace_stream(sim.trace).size
-    # the transfers happen in stream order: their objects are exactly the stream's misses
-    if cache == "lru":
-        from test_cache_vs_libcachesim import ours_hits
-        stream = trace_stream(sim.trace)
-        hits = ours_hits("lru", stream, 5)
-        assert sum(hits) == s["hits.prefill"] + s["hits.decode"]
-        assert res.transfers["object_id"].tolist() == stream[~np.array(hits)].tolist()
+    # the transfers are exactly libCacheSim's misses on the same grouped lookups, in order
+    if cache in ("lru", "lfu"):
+        from test_cache_vs_libcachesim import peer_grouped
+        stream, starts = trace_stream(sim.trace, groups=True)
+        hits, missed = peer_grouped(cache, stream, starts, 5)
+        assert hits == s["hits.prefill"] + s["hits.decode"]
+        assert res.transfers["object_id"].tolist() == missed
 
 
 def test_belady_is_a_bound_on_lru_and_lfu(olmoe_trace):

@@ -101,6 +101,23 @@ class ComputeModel:
         self.local_bytes[phase] += by
         return max(fl / self.F, by / self.B)
 
+    def experts_serial(self, assignments, phase: int) -> float:
+        """Total time of late experts run back to back, one kernel each (accumulates)."""
+        fpe, eb, F, B = 2.0 * self.Pe, self.expert_weight_bytes, self.F, self.B
+        floor = eb / B
+        t = 0.0
+        total = 0.0
+        n = 0
+        for m in assignments:
+            fl = fpe * m
+            total += fl
+            n += 1
+            x = fl / F
+            t += x if x > floor else floor
+        self.flops[phase] += total
+        self.local_bytes[phase] += eb * n
+        return t
+
     def expert(self, assignments: float, phase: int) -> float:
         """One late expert's own kernel (accumulates)."""
         fl = 2.0 * self.Pe * assignments

@@ -240,6 +240,40 @@ class FlowNetwork:
                 self.on_complete(f)
         return True
 
+    def isolated_same_path(self, path: tuple[Resource, ...], latency: float, sizes: list[float],
+                           at: float, horizon: float) -> list[float] | None:
+        """Closed form of :meth:`run_isolated` for flows that share one path and latency.
+
+        Processor sharing on the path's bottleneck C: with sizes sorted ascending
+        s_1 <= ... <= s_n, flow i ends at ``at + latency + (s_1 + ... + s_{i-1} + (n-i+1) s_i) / C``.
+        Returns completion times aligned with ``sizes`` (no Flow objects, no events), or None
+        when the network is busy or the last completion would not precede ``horizon``.
+        """
+        if not self.idle or at < self.t:
+            return None
+        cap = min(r.capacity for r in path)
+        total = sum(sizes)
+        end = at + latency + total / cap
+        if end >= horizon:
+            return None
+        n = len(sizes)
+        s0 = sizes[0]
+        if all(s == s0 for s in sizes):
+            done = [end] * n
+        else:
+            done = [0.0] * n
+            cum = 0.0
+            for rank, i in enumerate(sorted(range(n), key=sizes.__getitem__)):
+                s = sizes[i]
+                done[i] = at + latency + (cum + (n - rank) * s) / cap
+                cum += s
+        busy = total / cap
+        for r in path:
+            r.bytes += total
+            r.busy_time += busy
+        self.t = end
+        return done
+
     @staticmethod
     def _predict_end(flows: list[Flow], at: float) -> float:
         # Common case: every flow on the same path with the same latency and no caps

@@ -7,6 +7,12 @@ requests advance one decode token. Per layer: attention, then the router's exper
 up (pinned by placement, else the cache); resident experts run as one grouped kernel while
 missing ones are fetched over the flow network, each running as soon as it arrives.
 
+Lookup semantics. A layer's distinct experts are looked up together at the router decision:
+those resident then (pinned, or in the cache) are hits and update the policy's state; the
+misses are then fetched and inserted in lookup order, so a fetch never evicts an expert the
+same layer found resident before it was used. (libCacheSim's one-request-at-a-time ``get``
+can; tests drive libCacheSim group by group and get the engine's hits exactly.)
+
 Clock. The executor keeps its own time ``self.t`` and only hands control to SimPy when
 something else could happen first: before it reads the request queue or starts a transfer it
 checks ``env.peek()`` (the next scheduled event); if that lies beyond ``self.t`` nothing can
@@ -109,10 +115,11 @@ class Simulation:
         self.hits = [0, 0]
         self.misses = [0, 0]
         self.accesses = [0, 0]            # token -> expert uses (n_tokens x k per layer)
-        self.layer_lookups = np.zeros((2, L), dtype=np.int64)
-        self.layer_hits = np.zeros((2, L), dtype=np.int64)
-        self.served = np.zeros((2, nd), dtype=np.int64)     # lookups served per device
-        self.fetched_bytes = np.zeros((2, nd), dtype=np.float64)
+        # plain lists, not numpy: they are bumped on the hot path
+        self.layer_lookups = [[0] * L, [0] * L]
+        self.layer_hits = [[0] * L, [0] * L]
+        self.served = [[0] * nd, [0] * nd]           # lookups served per device
+        self.fetched_bytes = [[0.0] * nd, [0.0] * nd]
         self.evictions = 0
         self.insertions = 0
         self.peak_cache_bytes = 0.0
@@ -171,7 +178,7 @@ class Simulation:
     # ------------------------------------------------------------------ transfers
     def _on_flow_done(self, f: Flow) -> None:
         oid, dev, phase, purpose = f.tag
-        self.fetched_bytes[phase, dev] += f.size
+        self.fetched_bytes[phase][dev] += f.size
         if self.log_events:
             tl = self.transfers
             tl.start.append(f.start_at)
@@ -204,35 +211,72 @@ class Simulation:
                 missed.append((oid, c))
         self.lookups[phase] += i
         self.hits[phase] += hit_u
-        self.layer_lookups[phase, layer] += i
-        self.layer_hits[phase, layer] += hit_u
+        self.layer_lookups[phase][layer] += i
+        self.layer_hits[phase][layer] += hit_u
         t_hit = t + self.compute.moe(n, hit_a, hit_u, phase)
         if missed is None:
             return t_hit
+        return self._fetch_missed(phase, missed, t, t_hit)
+
+    def _fetch_missed(self, phase: int, missed, t: float, t_hit: float):
+        """Insert the missed objects into the cache and fetch them; return the layer's end
+        time (analytic path) or a state tuple for the event path."""
         self.misses[phase] += len(missed)
-        home, paths, sizes, cache = self.home, self.paths, self._obj_bytes, self.cache
-        flows = []
-        for oid, c in missed:
+        home, sizes, cache = self.home, self._obj_bytes, self.cache
+        served = self.served[phase]
+        devs = []
+        msizes = []
+        for oid, _c in missed:
             dev = home[oid]
-            res, lat = paths[dev]
+            served[dev] += 1
+            devs.append(dev)
             size = sizes[oid]
-            flows.append(Flow(size, res, lat, tag=(oid, dev, phase, DEMAND)))
-            self.served[phase, dev] += 1
+            msizes.append(size)
             evicted = cache.insert(oid, size)
-            if not evicted or evicted[-1] != oid:
+            if evicted and evicted[-1] == oid:
+                self.evictions += len(evicted) - 1
+            else:
                 self.insertions += 1
-            self.evictions += len(evicted) - (1 if evicted and evicted[-1] == oid else 0)
+                self.evictions += len(evicted)
         if cache.used_bytes > self.peak_cache_bytes:
             self.peak_cache_bytes = cache.used_bytes
+        if self.fast_path:
+            dev0 = devs[0]
+            if all(d == dev0 for d in devs):
+                res, lat = self.paths[dev0]
+                done = self.net.isolated_same_path(res, lat, msizes, t, self.env.peek())
+                if done is not None:
+                    self.fetched_bytes[phase][dev0] += sum(msizes)
+                    if self.log_events:
+                        self._log_batch(t, done, msizes, dev0, missed, phase)
+                    return self._schedule_late(phase, done, missed, t_hit)
+        paths = self.paths
+        flows = [Flow(size, *paths[dev], tag=(oid, dev, phase, DEMAND))
+                 for (oid, _c), dev, size in zip(missed, devs, msizes)]
         if self.fast_path and self.net.run_isolated(flows, t, self.env.peek()):
-            return self._schedule_late(phase, flows, missed, t_hit)
+            return self._schedule_late(phase, [f.done_at for f in flows], missed, t_hit)
         return (flows, missed, t, t_hit)
 
-    def _schedule_late(self, phase: int, flows, missed, t_hit: float) -> float:
-        end = t_hit
+    def _log_batch(self, t: float, done, sizes, dev: int, missed, phase: int) -> None:
+        tl, n = self.transfers, len(done)
+        tl.start.extend([t] * n)
+        tl.end.extend(done)
+        tl.nbytes.extend(sizes)
+        tl.src.extend([dev] * n)
+        tl.oid.extend(o for o, _c in missed)
+        tl.phase.extend([phase] * n)
+        tl.purpose.extend([DEMAND] * n)
+
+    def _schedule_late(self, phase: int, done, missed, t_hit: float) -> float:
+        """Missing experts run one by one as they arrive, after the resident ones."""
+        d0 = done[0]
+        if all(d == d0 for d in done):          # one batch arriving together (common case)
+            start = t_hit if t_hit > d0 else d0
+            return start + self.compute.experts_serial([c for _o, c in missed], phase)
         expert_time = self.compute.expert
-        for f, (_oid, c) in sorted(zip(flows, missed), key=lambda fm: fm[0].done_at):
-            end = max(end, f.done_at) + expert_time(c, phase)
+        end = t_hit
+        for arrival, c in sorted(zip(done, (c for _o, c in missed)), key=lambda p: p[0]):
+            end = (end if end > arrival else arrival) + expert_time(c, phase)
         return end
 
     def _moe_layer_events(self, phase: int, state):
@@ -242,7 +286,7 @@ class Simulation:
             yield env.timeout(t - env.now)
         events = self.net.start(flows)
         yield env.all_of(events)
-        return self._schedule_late(phase, flows, missed, t_hit)
+        return self._schedule_late(phase, [f.done_at for f in flows], missed, t_hit)
 
     def _sync(self):
         """Hand control to SimPy up to our clock if any other event is due by then."""

@@ -32,10 +32,15 @@ def canonical_stream(ctx, *, exclude_pinned: bool = False) -> np.ndarray:
                         pinned=ctx.pinned if exclude_pinned else None)
 
 
-def trace_stream(trace, requests=None, *, slices: int = 1, pinned: np.ndarray | None = None
-                 ) -> np.ndarray:
+def trace_stream(trace, requests=None, *, slices: int = 1, pinned: np.ndarray | None = None,
+                 groups: bool = False):
     """Canonical lookup stream of ``trace`` for ``requests`` (default: every request in trace
-    order), without objects flagged in ``pinned``."""
+    order), without objects flagged in ``pinned``.
+
+    With ``groups=True`` also return the start offset of every *lookup group*: the distinct
+    objects one layer of one iteration looks up together (a prefill layer, or one decode
+    token's layer). The engine decides a group's hits at the router decision and inserts its
+    misses afterwards (see engine/simulation.py)."""
     if requests is None:
         from .workload import Request
         ids, starts, ends = trace.request_bounds()
@@ -44,16 +49,28 @@ def trace_stream(trace, requests=None, *, slices: int = 1, pinned: np.ndarray | 
                     for r, s, e, p in zip(ids, starts, ends, n_pre)]
     L, E = trace.meta.num_layers, trace.meta.num_experts
     base = (np.arange(L, dtype=np.int64) * E)[None, :, None]
-    parts = []
+    k = trace.meta.top_k
+    parts, sizes = [], []
     for req in requests:
         if req.n_prefill:
             ex = trace.experts[req.start:req.start + req.n_prefill]
-            parts.extend(request_prefill_oids(ex, E, slices))
+            layer_oids = request_prefill_oids(ex, E, slices)
+            parts.extend(layer_oids)
+            sizes.extend(o.size for o in layer_oids)
         if req.n_decode:
             s = req.start + req.n_prefill
             ex = trace.experts[s:s + req.n_decode].astype(np.int64)
             parts.append(((ex + base) * slices).ravel())
+            sizes.extend([k] * (req.n_decode * L))
     stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    group_of = np.repeat(np.arange(len(sizes)), sizes) if groups else None
     if pinned is not None:
-        stream = stream[~pinned[stream]]
-    return stream
+        keep = ~pinned[stream]
+        stream = stream[keep]
+        if groups:
+            group_of = group_of[keep]
+    if not groups:
+        return stream
+    starts = np.flatnonzero(np.r_[True, group_of[1:] != group_of[:-1]]) if stream.size else \
+        np.zeros(0, dtype=np.int64)
+    return stream, starts

@@ -90,11 +90,11 @@ def collect(sim: "Simulation") -> RunResult:
         tot_l += sim.lookups[p]
         tot_h += sim.hits[p]
         for d in devs:
-            served = sim.hits[p] if d.is_local else int(sim.served[p, d.index])
+            served = sim.hits[p] if d.is_local else int(sim.served[p][d.index])
             s[f"lookups_served.{name}.{d.name}"] = served
     s["hit_rate"] = tot_h / tot_l if tot_l else float("nan")
     # ------------------------------------------------------------ bytes
-    fetched = sim.fetched_bytes                      # [phase, src device]
+    fetched = np.asarray(sim.fetched_bytes, dtype=np.float64)   # [phase, src device]
     compute_read = sim.compute.local_bytes           # [phase]
     for p, name in enumerate(PHASE_NAMES):
         s[f"bytes.fetched.{name}"] = float(fetched[p].sum())
@@ -206,8 +206,8 @@ def collect(sim: "Simulation") -> RunResult:
     layers = pd.DataFrame({
         "layer": np.tile(np.arange(L), 2),
         "phase": np.repeat(list(PHASE_NAMES), L),
-        "lookups": sim.layer_lookups.ravel(),
-        "hits": sim.layer_hits.ravel(),
+        "lookups": np.asarray(sim.layer_lookups, dtype=np.int64).ravel(),
+        "hits": np.asarray(sim.layer_hits, dtype=np.int64).ravel(),
     })
     notes = []
     if s["local.headroom_bytes"] < 0:

@@ -44,7 +44,7 @@ class Belady(CachePolicy):
         self._next: dict[int, int] = {}        # resident oid -> its next use
         self._size: dict[int, float] = {}
         self._heap: list[tuple[int, int]] = []  # (-next use, oid), lazily invalidated
-        self._pending = NEVER
+        self._pending: dict[int, int] = {}     # missed oid -> its next use, until inserted
         self._occ: dict[int, list[int]] | None = None
         self.resyncs = 0
 
@@ -77,7 +77,7 @@ class Belady(CachePolicy):
             self._next[oid] = nxt
             heapq.heappush(self._heap, (-nxt, oid))
             return True
-        self._pending = nxt
+        self._pending[oid] = nxt
         return False
 
     def contains(self, oid: int) -> bool:
@@ -94,11 +94,11 @@ class Belady(CachePolicy):
             del self._next[victim]
             self.used_bytes -= self._size.pop(victim)
             evicted.append(victim)
-        self._next[oid] = self._pending
+        nxt = self._pending.pop(oid, NEVER)
+        self._next[oid] = nxt
         self._size[oid] = size
-        heapq.heappush(self._heap, (-self._pending, oid))
+        heapq.heappush(self._heap, (-nxt, oid))
         self.used_bytes += size
-        self._pending = NEVER
         return evicted
 
     def remove(self, oid: int) -> bool:
