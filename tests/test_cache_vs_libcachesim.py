@@ -66,33 +66,8 @@ def peer_hits(policy: str, stream: np.ndarray, n_objects_cap: int) -> list[bool]
 
 
 def peer_grouped(policy: str, stream: np.ndarray, starts: np.ndarray, n_objects_cap: int):
-    """libCacheSim driven the way the engine looks objects up: per lookup group (one layer of
-    one iteration), hits are decided on the state before the group (``find`` without update),
-    then ``get`` is called on the hits, then on the misses (which insert). Returns (hits,
-    missed objects in insertion order)."""
-    cache = PEER[policy](n_objects_cap * SIZE)
-    req = lcs.Request()
-    req.obj_size = SIZE
-    bounds = starts.tolist() + [stream.size]
-    objs_all = stream.tolist()
-    hits, missed = 0, []
-    for g in range(len(starts)):
-        objs = objs_all[bounds[g]:bounds[g + 1]]
-        resident = []
-        for o in objs:
-            req.obj_id = o
-            resident.append(cache.find(req, False) is not None)
-        for o, r in zip(objs, resident):
-            if r:
-                req.obj_id = o
-                assert cache.get(req)
-                hits += 1
-        for o, r in zip(objs, resident):
-            if not r:
-                req.obj_id = o
-                assert not cache.get(req)
-                missed.append(o)
-    return hits, missed
+    from simulator.peers import replay_grouped
+    return replay_grouped(policy, stream, starts, n_objects_cap * SIZE, SIZE)
 
 
 def check_stream(stream: np.ndarray, policies=("lru", "lfu", "belady"), fractions=(0.1, 0.25, 0.5, 0.75)):

@@ -274,6 +274,27 @@ class FlowNetwork:
         self.t = end
         return done
 
+    def isolated_uniform(self, path: tuple[Resource, ...], latency: float, size: float, n: int,
+                         at: float, horizon: float) -> float | None:
+        """:meth:`isolated_same_path` for n flows of one size: all end together at
+        ``at + latency + n * size / C``. Returns that time, or None (see there)."""
+        if self.pending or self.active or at < self.t:
+            return None
+        cap = path[0].capacity
+        for r in path:
+            if r.capacity < cap:
+                cap = r.capacity
+        total = n * size
+        busy = total / cap
+        end = at + latency + busy
+        if end >= horizon:
+            return None
+        for r in path:
+            r.bytes += total
+            r.busy_time += busy
+        self.t = end
+        return end
+
     @staticmethod
     def _predict_end(flows: list[Flow], at: float) -> float:
         # Common case: every flow on the same path with the same latency and no caps

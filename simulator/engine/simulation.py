@@ -24,8 +24,8 @@ optimisation only: tests run both ways and compare.
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,21 +47,21 @@ from .workload import Request, build_requests, closed_loop_concurrency
 DEMAND, PREFETCH = 0, 1
 
 
-@dataclass
 class TransferLog:
-    """Columnar log of every transfer (one list per column: cheap appends)."""
+    """Columnar log of every transfer in typed buffers (no Python object per value)."""
 
-    start: list
-    end: list
-    nbytes: list
-    src: list
-    oid: list
-    phase: list
-    purpose: list
+    def __init__(self):
+        self.start = array("d")
+        self.end = array("d")
+        self.nbytes = array("d")
+        self.src = array("i")
+        self.oid = array("q")
+        self.phase = array("b")
+        self.purpose = array("b")
 
     @classmethod
     def empty(cls) -> "TransferLog":
-        return cls([], [], [], [], [], [], [])
+        return cls()
 
 
 class Simulation:
@@ -221,6 +221,40 @@ class Simulation:
     def _fetch_missed(self, phase: int, missed, t: float, t_hit: float):
         """Insert the missed objects into the cache and fetch them; return the layer's end
         time (analytic path) or a state tuple for the event path."""
+        uni = self._uniform
+        if uni is not None and self.fast_path:
+            # Common case, specialised: one backing device, one object size, batch fetch.
+            dev, size = uni
+            n = len(missed)
+            insert = self._cache_insert
+            ev = ins = 0
+            for oid, _c in missed:
+                evicted = insert(oid, size)
+                if evicted:
+                    if evicted[-1] == oid:
+                        ev += len(evicted) - 1
+                        continue
+                    ev += len(evicted)
+                ins += 1
+            self.evictions += ev
+            self.insertions += ins
+            used = self.cache.used_bytes
+            if used > self.peak_cache_bytes:
+                self.peak_cache_bytes = used
+            res, lat = self.paths[dev]
+            end = self.net.isolated_uniform(res, lat, size, n, t, self.env.peek())
+            if end is not None:
+                self.misses[phase] += n
+                self.served[phase][dev] += n
+                self.fetched_bytes[phase][dev] += n * size
+                if self.log_events:
+                    self._log_batch(t, [end] * n, [size] * n, dev, missed, phase)
+                start = t_hit if t_hit > end else end
+                return start + self.compute.experts_serial([c for _o, c in missed], phase)
+            return self._fetch_general(phase, missed, t, t_hit, inserted=True)
+        return self._fetch_general(phase, missed, t, t_hit, inserted=False)
+
+    def _fetch_general(self, phase: int, missed, t: float, t_hit: float, inserted: bool):
         self.misses[phase] += len(missed)
         home, sizes, cache = self.home, self._obj_bytes, self.cache
         served = self.served[phase]
@@ -232,6 +266,8 @@ class Simulation:
             devs.append(dev)
             size = sizes[oid]
             msizes.append(size)
+            if inserted:
+                continue
             evicted = cache.insert(oid, size)
             if evicted and evicted[-1] == oid:
                 self.evictions += len(evicted) - 1
@@ -470,6 +506,14 @@ class Simulation:
         self._pinned = self.ctx.pinned.tolist()
         self._obj_bytes = self.ctx.object_bytes.tolist()
         self._cache_access = self.cache.access
+        self._cache_insert = self.cache.insert
+        # (device, size) when every unpinned object lives on one device and all objects have
+        # one size: the miss path then needs no per-object bookkeeping.
+        unpinned = self.home[~self.ctx.pinned]
+        sizes = self.ctx.object_bytes
+        self._uniform = None
+        if unpinned.size and (unpinned == unpinned[0]).all() and (sizes == sizes[0]).all():
+            self._uniform = (int(unpinned[0]), float(sizes[0]))
         self.warm_objects = list(self.warmup.initialize(self.cache))
         self.peak_cache_bytes = self.cache.used_bytes
         proc = self.env.process(self._executor())

@@ -185,19 +185,19 @@ def collect(sim: "Simulation") -> RunResult:
         steps["phase"] = steps["phase"].map(dict(enumerate(PHASE_NAMES)))
     tl = sim.transfers
     names = [d.name for d in devs]
+    def col(buf, dtype):
+        return np.frombuffer(buf, dtype=dtype) if len(buf) else np.zeros(0, dtype=dtype)
+
     transfers = pd.DataFrame({
-        "start_s": np.asarray(tl.start, dtype=np.float64),
-        "end_s": np.asarray(tl.end, dtype=np.float64),
-        "bytes": np.asarray(tl.nbytes, dtype=np.float64),
-        "src_device": pd.Categorical.from_codes(np.asarray(tl.src, dtype=np.int32), categories=names)
-        if len(tl.src) else pd.Categorical([], categories=names),
-        "object_id": np.asarray(tl.oid, dtype=np.int64),
-        "phase": pd.Categorical.from_codes(np.asarray(tl.phase, dtype=np.int8), categories=list(PHASE_NAMES))
-        if len(tl.phase) else pd.Categorical([], categories=list(PHASE_NAMES)),
-        "purpose": pd.Categorical.from_codes(np.asarray(tl.purpose, dtype=np.int8),
-                                             categories=["demand", "prefetch"])
-        if len(tl.purpose) else pd.Categorical([], categories=["demand", "prefetch"]),
-    })
+        "start_s": col(tl.start, np.float64),
+        "end_s": col(tl.end, np.float64),
+        "bytes": col(tl.nbytes, np.float64),
+        "src_device": pd.Categorical.from_codes(col(tl.src, np.int32), categories=names),
+        "object_id": col(tl.oid, np.int64),
+        "phase": pd.Categorical.from_codes(col(tl.phase, np.int8), categories=list(PHASE_NAMES)),
+        "purpose": pd.Categorical.from_codes(col(tl.purpose, np.int8),
+                                             categories=["demand", "prefetch"]),
+    }, copy=False)
     E, S = sim.ctx.num_experts, sim.ctx.slices_per_expert
     if len(transfers):
         transfers["layer"] = transfers["object_id"] // (E * S)

@@ -174,21 +174,26 @@ class Trace:
             return dict(source=src, row=int(t) * L + (layer or 0), request=int(self.request_id[t]),
                         token=int(self.token[t]), layer=layer, **kw)
 
-        # Expert ids in range (signed view so negative ids are caught too).
-        ex = self.experts.astype(np.int64, copy=False)
-        bad = (ex < 0) | (ex >= E)
-        if bad.any():
-            t, layer, slot = np.argwhere(bad)[0]
-            raise TraceError(f"expert id {int(ex[t, layer, slot])} out of range [0, {E})",
-                             **where(t, int(layer), field=f"experts[{slot}]"))
-        # k distinct experts per (token, layer).
-        if k > 1:
-            srt = np.sort(ex, axis=2)
-            dup = (srt[:, :, 1:] == srt[:, :, :-1]).any(axis=2)
-            if dup.any():
-                t, layer = np.argwhere(dup)[0]
-                raise TraceError(f"repeats an expert: {ex[t, layer].tolist()}",
-                                 **where(t, int(layer), field="experts"))
+        # Expert ids in range and k distinct per (token, layer), in chunks of tokens and in
+        # the array's own dtype, so validating a 30M-access trace needs little extra memory.
+        signed = self.experts.dtype.kind == "i"
+        step = max(1, 1_000_000 // max(1, L * k))
+        for t0 in range(0, T, step):
+            ex = self.experts[t0:t0 + step]
+            bad = (ex >= E) | (ex < 0) if signed else (ex >= E)
+            if bad.any():
+                t, layer, slot = np.argwhere(bad)[0]
+                t += t0
+                raise TraceError(f"expert id {int(self.experts[t, layer, slot])} out of range [0, {E})",
+                                 **where(t, int(layer), field=f"experts[{slot}]"))
+            if k > 1:
+                srt = np.sort(ex, axis=2)
+                dup = (srt[:, :, 1:] == srt[:, :, :-1]).any(axis=2)
+                if dup.any():
+                    t, layer = np.argwhere(dup)[0]
+                    t += t0
+                    raise TraceError(f"repeats an expert: {self.experts[t, layer].tolist()}",
+                                     **where(t, int(layer), field="experts"))
         if not np.isin(self.phase, (PREFILL, DECODE)).all():
             t = int(np.flatnonzero(~np.isin(self.phase, (PREFILL, DECODE)))[0])
             raise TraceError(f"phase code {int(self.phase[t])} is neither prefill nor decode",
@@ -218,15 +223,18 @@ class Trace:
             if self.scores.shape != (T, L, k):
                 raise TraceError(f"expected shape ({T}, {L}, {k}), got {self.scores.shape}",
                                  source=src, field="scores")
-            fin = np.isfinite(self.scores)
-            if not fin.all():
-                t, layer, slot = np.argwhere(~fin)[0]
-                raise TraceError(f"is {self.scores[t, layer, slot]} (scores must be finite)",
-                                 **where(t, int(layer), field=f"scores[{slot}]"))
-            if (self.scores < 0).any():
-                t, layer, slot = np.argwhere(self.scores < 0)[0]
-                raise TraceError(f"is negative ({self.scores[t, layer, slot]})",
-                                 **where(t, int(layer), field=f"scores[{slot}]"))
+            step = max(1, 1_000_000 // max(1, L * k))
+            for t0 in range(0, T, step):
+                sc = self.scores[t0:t0 + step]
+                fin = np.isfinite(sc)
+                if not fin.all():
+                    t, layer, slot = np.argwhere(~fin)[0]
+                    raise TraceError(f"is {sc[t, layer, slot]} (scores must be finite)",
+                                     **where(t + t0, int(layer), field=f"scores[{slot}]"))
+                if (sc < 0).any():
+                    t, layer, slot = np.argwhere(sc < 0)[0]
+                    raise TraceError(f"is negative ({sc[t, layer, slot]})",
+                                     **where(t + t0, int(layer), field=f"scores[{slot}]"))
         if self.router_probs is not None:
             if self.router_probs.shape != (T, L, E):
                 raise TraceError(f"expected shape ({T}, {L}, {E}), got {self.router_probs.shape}",
