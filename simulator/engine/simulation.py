@@ -48,20 +48,41 @@ DEMAND, PREFETCH = 0, 1
 
 
 class TransferLog:
-    """Columnar log of every transfer in typed buffers (no Python object per value)."""
+    """Log of every transfer in typed buffers (no Python object per value).
+
+    Transfers are logged per *batch* (flows that started together from one device, of one
+    size, ending together) plus one object id per transfer; ``rows()`` expands the batches.
+    """
 
     def __init__(self):
         self.start = array("d")
         self.end = array("d")
-        self.nbytes = array("d")
+        self.size = array("d")
+        self.count = array("q")
         self.src = array("i")
-        self.oid = array("q")
         self.phase = array("b")
         self.purpose = array("b")
+        self.oid = array("q")
 
-    @classmethod
-    def empty(cls) -> "TransferLog":
-        return cls()
+    def add(self, start, end, size, count, src, phase, purpose, oids) -> None:
+        self.start.append(start)
+        self.end.append(end)
+        self.size.append(size)
+        self.count.append(count)
+        self.src.append(src)
+        self.phase.append(phase)
+        self.purpose.append(purpose)
+        self.oid.extend(oids)
+
+    def rows(self) -> dict[str, np.ndarray]:
+        def col(buf, dtype):
+            return np.frombuffer(buf, dtype=dtype) if len(buf) else np.zeros(0, dtype=dtype)
+        n = col(self.count, np.int64)
+        rep = lambda buf, dt: np.repeat(col(buf, dt), n)
+        return {"start_s": rep(self.start, np.float64), "end_s": rep(self.end, np.float64),
+                "bytes": rep(self.size, np.float64), "src": rep(self.src, np.int32),
+                "object_id": col(self.oid, np.int64), "phase": rep(self.phase, np.int8),
+                "purpose": rep(self.purpose, np.int8)}
 
 
 class Simulation:
@@ -127,7 +148,7 @@ class Simulation:
         self.iterations = [0, 0]
         self.kv_tokens_live = 0
         self.kv_peak_tokens = 0
-        self.transfers = TransferLog.empty()
+        self.transfers = TransferLog()
         self.steps: list[tuple] = []
         self.log_events = cfg.output.events
         self.warm_objects: list[int] = []
@@ -180,14 +201,7 @@ class Simulation:
         oid, dev, phase, purpose = f.tag
         self.fetched_bytes[phase][dev] += f.size
         if self.log_events:
-            tl = self.transfers
-            tl.start.append(f.start_at)
-            tl.end.append(f.done_at)
-            tl.nbytes.append(f.size)
-            tl.src.append(dev)
-            tl.oid.append(oid)
-            tl.phase.append(phase)
-            tl.purpose.append(purpose)
+            self.transfers.add(f.start_at, f.done_at, f.size, 1, dev, phase, purpose, (oid,))
 
     # ------------------------------------------------------------------ the MoE block
     def _moe_layer(self, phase: int, layer: int, oids, counts, n: int, t: float):
@@ -248,7 +262,7 @@ class Simulation:
                 self.served[phase][dev] += n
                 self.fetched_bytes[phase][dev] += n * size
                 if self.log_events:
-                    self._log_batch(t, [end] * n, [size] * n, dev, missed, phase)
+                    self.transfers.add(t, end, size, n, dev, phase, DEMAND, [o for o, _c in missed])
                 start = t_hit if t_hit > end else end
                 return start + self.compute.experts_serial([c for _o, c in missed], phase)
             return self._fetch_general(phase, missed, t, t_hit, inserted=True)
@@ -284,7 +298,8 @@ class Simulation:
                 if done is not None:
                     self.fetched_bytes[phase][dev0] += sum(msizes)
                     if self.log_events:
-                        self._log_batch(t, done, msizes, dev0, missed, phase)
+                        for (oid, _c), d, sz in zip(missed, done, msizes):
+                            self.transfers.add(t, d, sz, 1, dev0, phase, DEMAND, (oid,))
                     return self._schedule_late(phase, done, missed, t_hit)
         paths = self.paths
         flows = [Flow(size, *paths[dev], tag=(oid, dev, phase, DEMAND))
@@ -292,16 +307,6 @@ class Simulation:
         if self.fast_path and self.net.run_isolated(flows, t, self.env.peek()):
             return self._schedule_late(phase, [f.done_at for f in flows], missed, t_hit)
         return (flows, missed, t, t_hit)
-
-    def _log_batch(self, t: float, done, sizes, dev: int, missed, phase: int) -> None:
-        tl, n = self.transfers, len(done)
-        tl.start.extend([t] * n)
-        tl.end.extend(done)
-        tl.nbytes.extend(sizes)
-        tl.src.extend([dev] * n)
-        tl.oid.extend(o for o, _c in missed)
-        tl.phase.extend([phase] * n)
-        tl.purpose.extend([DEMAND] * n)
 
     def _schedule_late(self, phase: int, done, missed, t_hit: float) -> float:
         """Missing experts run one by one as they arrive, after the resident ones."""

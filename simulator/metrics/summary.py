@@ -183,20 +183,16 @@ def collect(sim: "Simulation") -> RunResult:
     steps = pd.DataFrame(sim.steps, columns=["iteration", "phase", "start_s", "end_s", "tokens"])
     if len(steps):
         steps["phase"] = steps["phase"].map(dict(enumerate(PHASE_NAMES)))
-    tl = sim.transfers
     names = [d.name for d in devs]
-    def col(buf, dtype):
-        return np.frombuffer(buf, dtype=dtype) if len(buf) else np.zeros(0, dtype=dtype)
-
+    rows = sim.transfers.rows()
     transfers = pd.DataFrame({
-        "start_s": col(tl.start, np.float64),
-        "end_s": col(tl.end, np.float64),
-        "bytes": col(tl.nbytes, np.float64),
-        "src_device": pd.Categorical.from_codes(col(tl.src, np.int32), categories=names),
-        "object_id": col(tl.oid, np.int64),
-        "phase": pd.Categorical.from_codes(col(tl.phase, np.int8), categories=list(PHASE_NAMES)),
-        "purpose": pd.Categorical.from_codes(col(tl.purpose, np.int8),
-                                             categories=["demand", "prefetch"]),
+        "start_s": rows["start_s"],
+        "end_s": rows["end_s"],
+        "bytes": rows["bytes"],
+        "src_device": pd.Categorical.from_codes(rows["src"], categories=names),
+        "object_id": rows["object_id"],
+        "phase": pd.Categorical.from_codes(rows["phase"], categories=list(PHASE_NAMES)),
+        "purpose": pd.Categorical.from_codes(rows["purpose"], categories=["demand", "prefetch"]),
     }, copy=False)
     E, S = sim.ctx.num_experts, sim.ctx.slices_per_expert
     if len(transfers):
