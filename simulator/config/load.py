@@ -8,6 +8,7 @@ Shorthands accepted in YAML (normalised here so the dataclasses stay simple):
   entry override the profile's values (``capacity_gb``, ``read_bw_gbytes_per_s``, ...);
 * ``system.compute: h100_sxm`` (a bare profile name).
 
+``extends: base.yaml`` at the top of a file starts from another config (deep-merged).
 Every error names the file (or ``--set``) and the dotted key.
 """
 from __future__ import annotations
@@ -171,11 +172,48 @@ def normalise(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return raw
 
 
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else replaces. A
+    mapping that names a different policy (``name``) replaces the base's entirely, so its
+    parameters are not mixed with the other policy's."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        b = out.get(k)
+        if isinstance(v, dict) and isinstance(b, dict) and "name" in v and v["name"] != b.get("name"):
+            out[k] = copy.deepcopy(v)
+        elif isinstance(v, dict) and isinstance(b, dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_config_yaml(path: Path, _seen: tuple = ()) -> dict[str, Any]:
+    """Read a run config, resolving ``extends: other.yaml`` (relative to the file; the
+    extending file's keys win, mappings merge recursively)."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in _seen + (path.resolve(),))
+        raise ConfigError(f"'extends' forms a cycle: {chain}", source=str(path), key="extends")
+    raw = read_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"must be a file name, got {parent!r}", source=str(path), key="extends")
+    ppath = Path(parent)
+    if not ppath.is_absolute():
+        ppath = path.parent / ppath
+    if not ppath.exists():
+        raise ConfigError(f"extends '{parent}', which does not exist", source=str(path), key="extends")
+    return deep_merge(read_config_yaml(ppath, _seen + (path.resolve(),)), raw)
+
+
 def load_config(path: str | Path | None = None, sets: list[str] | None = None) -> LoadedConfig:
     """Load ``path`` (default: the bundled default config), apply ``--set`` items, validate."""
     cfg_path = Path(path) if path is not None else default_config_path()
     source = str(cfg_path)
-    raw = read_yaml(cfg_path)
+    raw = read_config_yaml(cfg_path)
     # Validate the file alone first so errors in it are attributed to it, not to --set.
     loaded = _build(normalise(raw, source), source, cfg_path.parent)
     if sets:
