@@ -221,3 +221,15 @@ def test_batching_raises_throughput(olmoe_trace):
     # batched decode looks up each distinct expert once per layer
     assert outs[3]["lookups.decode"] < outs[3]["expert_accesses.decode"]
     assert outs[1]["lookups.decode"] == outs[1]["expert_accesses.decode"]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_max_requests_keeps_exactly_the_first_requests(olmoe_trace, n):
+    tr = read_trace(olmoe_trace)
+    ids, starts, ends = tr.request_bounds()
+    pre = [(tr.phase[s:e] == 0).sum() for s, e in zip(starts, ends)]
+    dec = [(tr.phase[s:e] == 1).sum() for s, e in zip(starts, ends)]
+    _, res = simulate(base_config(olmoe_trace, workload={"batch_size": 1, "max_requests": n}))
+    assert res.summary["requests"] == n
+    assert res.summary["prefill_tokens"] == sum(pre[:n])
+    assert res.summary["decode_tokens"] == sum(dec[:n])

@@ -48,9 +48,12 @@ def build_requests(trace: Trace, wl: WorkloadConfig, rng: np.random.Generator,
             raise ConfigError(f"the trace has no {wl.phases} tokens", source=source,
                               key="workload.phases")
     ids, starts, ends = trace.request_bounds()
+    # per-request prefill counts over the full bounds (reduceat's last segment runs to the end)
+    n_pre = np.add.reduceat((trace.phase == PREFILL).astype(np.int64), starts) if ids.size else \
+        np.zeros(0, dtype=np.int64)
     if wl.max_requests is not None:
-        ids, starts, ends = ids[:wl.max_requests], starts[:wl.max_requests], ends[:wl.max_requests]
-    n_pre = np.add.reduceat((trace.phase == PREFILL).astype(np.int64), starts) if ids.size else []
+        m = wl.max_requests
+        ids, starts, ends, n_pre = ids[:m], starts[:m], ends[:m], n_pre[:m]
     reqs = [Request(int(r), int(s), int(p), int(e - s - p))
             for r, s, e, p in zip(ids, starts, ends, n_pre)]
     arr = wl.arrivals

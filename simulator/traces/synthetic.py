@@ -154,6 +154,21 @@ def _check_rows(a: np.ndarray, shape, key: str) -> None:
 
 
 # ---------------------------------------------------------------------- sampling
+CHUNK_REQUESTS = 256          # requests generated together (vectorised over requests)
+CHUNK_TOKENS = 65536          # ... and at most this many tokens per chunk (bounded memory)
+
+
+def chunks(lengths: np.ndarray):
+    """Consecutive request ranges [c0, c1) of at most CHUNK_REQUESTS requests and
+    CHUNK_TOKENS tokens (at least one request each). Fixed: part of what a seed means."""
+    c0, n = 0, len(lengths)
+    while c0 < n:
+        c1, tok = c0, 0
+        while c1 < n and c1 - c0 < CHUNK_REQUESTS and (c1 == c0 or tok + lengths[c1] <= CHUNK_TOKENS):
+            tok += int(lengths[c1])
+            c1 += 1
+        yield c0, c1
+        c0 = c1
 def _sample_without_replacement(rng, logq: np.ndarray, k: int) -> np.ndarray:
     """Gumbel-top-k: k draws without replacement from softmax(logq), per row (n, E) -> (n, k),
     in draw order."""
@@ -192,7 +207,7 @@ class _ChunkSampler:
                 else:
                     pr[:, l] = rng.dirichlet(np.maximum(kap * ph.popularity[l], 1e-6), size=R)
             pops[name] = np.log(np.maximum(pr, 1e-300))
-        out = np.zeros((R, T, L, k), dtype=np.int64)
+        out = np.zeros((R, T, L, k), dtype=np.int32)
         scores = np.zeros((R, T, L, k), dtype=np.float32) if self.with_scores else None
         probs = np.zeros((R, T, L, E), dtype=np.float32) if self.with_probs else None
         rows = np.arange(R)
@@ -287,7 +302,7 @@ class _ChunkSampler:
 def generate(model: RoutingModel, path: str | Path, *, requests: int, prompt_len: int,
              decode_len: int, seed: int = 0, len_jitter: float = 0.0,
              arrival_rate: float | None = None, scores: bool = True, router_probs: bool = False,
-             chunk_requests: int = 256, trace_model: str | None = None) -> dict[str, Any]:
+             trace_model: str | None = None) -> dict[str, Any]:
     """Stream a synthetic trace to ``path``. Returns a small report (tokens, accesses).
 
     Prompt and decode lengths are ``prompt_len`` / ``decode_len``, each drawn uniformly from
@@ -326,9 +341,10 @@ def generate(model: RoutingModel, path: str | Path, *, requests: int, prompt_len
     tokens = 0
     with TraceWriter(path, meta, list(range(requests)), arrival_s=arrivals, has_scores=scores,
                      probs_dtype=np.float16 if router_probs else None) as w:
-        for c0 in range(0, requests, chunk_requests):
-            c1 = min(requests, c0 + chunk_requests)
-            crng = np.random.default_rng([seed, c0])     # chunking does not change the draws
+        for c0, c1 in chunks(P + D):
+            # One generator per chunk, seeded by (seed, first request): the draws depend on
+            # the seed and the request lengths only (chunks are a fixed function of those).
+            crng = np.random.default_rng([seed, c0])
             sampler = _ChunkSampler(model, crng, P[c0:c1], D[c0:c1], scores, router_probs)
             ex, sc, pr = sampler.run()
             for i, r in enumerate(range(c0, c1)):
