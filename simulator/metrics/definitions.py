@@ -101,3 +101,14 @@ def definition_of(key: str) -> tuple[str, str, str] | None:
 def unit_of(key: str) -> str:
     d = definition_of(key)
     return d[1] if d else ""
+
+
+def markdown_table() -> str:
+    """The metrics table of README.md (regenerate with ``python -m simulator.metrics.definitions``)."""
+    rows = ["| metric | unit | definition |", "|---|---|---|"]
+    rows += [f"| `{n}` | {u} | {f} |" for n, u, f in METRICS]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -31,6 +31,7 @@ import numpy as np
 
 from ...errors import ConfigError, TraceError
 from ..schema import DECODE, PREFILL, TraceMeta, make_trace
+from ...config.strict import field
 from . import IMPORTERS, Importer, ImportResult
 
 REPO = "Akash-N-Pai/DynaNDE-Simulator"
@@ -76,13 +77,13 @@ class FlameCsv(Importer):
 
     @dataclass(frozen=True)
     class Options:
-        request_tokens: int = 2048      # encoder batch: tokens per request
-        phase: str = "prefill"          # phase label for every token (no generation happened)
-        batch: str = "auto"             # parent folder: auto (both) | encoder | decoder
-        first_moe_layer: int = 2        # model layer of MoE layer 0
-        num_layers: int = 8
-        num_experts: int = 64
-        top_k: int = 6
+        request_tokens: int = field(2048, help='encoder batch: tokens per request')
+        phase: str = field("prefill", help='phase label for every token (no generation happened)')
+        batch: str = field("auto", help='parent folder: auto (both) | encoder | decoder')
+        first_moe_layer: int = field(2, help='model layer of MoE layer 0')
+        num_layers: int = field(8, help='MoE layers in the files (FLAME-MoE-290M: 8)')
+        num_experts: int = field(64, help='routed experts per layer')
+        top_k: int = field(6, help='experts per token (non-zeros per row)')
 
     @classmethod
     def detect(cls, path: Path) -> bool:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ...errors import ConfigError, TraceError
 from ..schema import DECODE, PREFILL, TraceMeta, make_trace
+from ...config.strict import field
 from . import IMPORTERS, Importer, ImportResult
 
 REPO = "Mario928/speculative-moe"
@@ -69,12 +70,10 @@ class MixtralJsonl(Importer):
 
     @dataclass(frozen=True)
     class Options:
-        # decode layout: truncate | error; raw layout: fill-previous | drop-token | error;
-        # "auto" = truncate (decode) / fill-previous (raw).
-        gaps: str = "auto"
-        num_layers: int = 32
-        num_experts: int = 8
-        top_k: int = 2
+        gaps: str = field("auto", help='defect handling: decode files truncate|error, raw files fill-previous|drop-token|error; auto = truncate (decode) / fill-previous (raw)')
+        num_layers: int = field(32, help='MoE layers (Mixtral-8x7B: 32)')
+        num_experts: int = field(8, help='experts per layer')
+        top_k: int = field(2, help='experts per token')
 
     @classmethod
     def detect(cls, path: Path) -> bool:

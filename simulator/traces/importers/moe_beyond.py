@@ -35,6 +35,7 @@ import numpy as np
 
 from ...errors import ConfigError, TraceError
 from ..schema import PREFILL, TraceMeta, make_trace
+from ...config.strict import field
 from . import IMPORTERS, Importer, ImportResult
 
 REPO = "ngavhane/moe-beyond"
@@ -103,14 +104,14 @@ class MoeBeyond(Importer):
 
     @dataclass(frozen=True)
     class Options:
-        use: str = "auto"               # folder input: auto (npz if present) | npz | csv
-        max_prompts: int = 0            # CSV inputs: stop after this many prompt files (0 = all)
-        prompts: str = ""               # only these prompt numbers, e.g. "1-5,42" (training ids)
-        validation_offset: int = 10000  # request id of validation prompt n = offset + n
-        first_moe_layer: int = 1        # model layer of MoE layer 0
-        num_layers: int = 26
-        num_experts: int = 64
-        top_k: int = 6
+        use: str = field("auto", help='folder input: auto (npz if present) | npz | csv')
+        max_prompts: int = field(0, help='CSV inputs: stop after this many prompt files (0 = all)')
+        prompts: str = field("", help='only these prompt numbers, e.g. "1-5,42" (training ids)')
+        validation_offset: int = field(10000, help='request id of validation prompt n = offset + n')
+        first_moe_layer: int = field(1, help='model layer of MoE layer 0')
+        num_layers: int = field(26, help='MoE layers (DeepSeek-V2-Lite: 26)')
+        num_experts: int = field(64, help='routed experts per layer')
+        top_k: int = field(6, help='experts per token')
 
     @classmethod
     def detect(cls, path: Path) -> bool:

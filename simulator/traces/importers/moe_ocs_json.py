@@ -24,6 +24,7 @@ import numpy as np
 
 from ...errors import TraceError
 from ..schema import DECODE, PREFILL, TraceMeta, make_trace
+from ...config.strict import field
 from . import IMPORTERS, Importer, ImportResult
 
 REPO = "jinlong-huo/moe_ocs_learning"
@@ -76,7 +77,7 @@ class MoeOcsJson(Importer):
 
     @dataclass(frozen=True)
     class Options:
-        model: str = ""       # override the catalog model name derived from meta.model_id
+        model: str = field("", help='override the catalog model name derived from meta.model_id')
 
     @classmethod
     def detect(cls, path: Path) -> bool:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ...errors import ConfigError, TraceError
 from ..counts import ExpertCounts
+from ...config.strict import field
 from . import IMPORTERS, Importer, ImportResult
 
 REPO = "allenai/OLMoE"
@@ -141,8 +142,8 @@ class OlmoeCounts(Importer):
 
     @dataclass(frozen=True)
     class Options:
-        model: str = ""       # olmoe | olmoe-sft | olmoe-dpo | mistral (required if several)
-        use: str = "auto"     # folder input: auto (pickles) | pickle | json
+        model: str = field("", help='olmoe | olmoe-sft | olmoe-dpo | mistral (required if several)')
+        use: str = field("auto", help='folder input: auto (pickles) | pickle | json')
 
     @classmethod
     def detect(cls, path: Path) -> bool:
