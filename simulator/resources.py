@@ -6,7 +6,7 @@ an editable install and a wheel.
 """
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -17,11 +17,14 @@ def bundled_dir(name: str) -> Path:
     """Folder of bundled data ``name`` (one of device_profiles, traces, experiments)."""
     folder = _FOLDERS[name]
     try:
-        path = Path(str(resources.files(f"simulator.bundled.{folder}")))
-        if path.is_dir():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
+        # The folders have no __init__.py (namespace packages), so ask the import system
+        # where they are rather than importlib.resources (a MultiplexedPath there).
+        spec = importlib.util.find_spec(f"simulator.bundled.{folder}")
+    except ModuleNotFoundError:
+        spec = None
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        if Path(loc).is_dir():
+            return Path(loc)
     return _REPO_ROOT / folder
 
 
