@@ -67,3 +67,37 @@ def test_isolated_refuses_when_an_event_is_due_first():
     f = Flow(10, (Resource("l", 10.0),), 0.0)
     assert not net.run_isolated([f], 0.0, horizon=0.5)     # would end at 1.0 > 0.5
     assert net.idle and math.isnan(f.done_at)
+
+
+def test_background_flows_get_only_what_demand_leaves():
+    """A demand flow on a 10 B/s link runs at full rate beside a background flow, which gets
+    nothing until the demand flow ends: demand 10 B ends at 1.0; background 10 B at 2.0."""
+    env = simpy.Environment()
+    net = FlowNetwork(env)
+    link = Resource("l", 10.0)
+    bg = Flow(10, (link,), 0.0, priority=1)
+    fg = Flow(10, (link,), 0.0)
+    net.start([bg, fg])
+    env.run()
+    assert fg.done_at == pytest.approx(1.0) and bg.done_at == pytest.approx(2.0)
+
+
+def test_promoted_background_flow_shares_as_demand():
+    """Promoted at t=0.5 (5 B left; the demand flow has 5 B left too), both then share
+    equally: they end together at 1.5."""
+    env = simpy.Environment()
+    net = FlowNetwork(env)
+    link = Resource("l", 10.0)
+    bg = Flow(10, (link,), 0.0, priority=1)
+    net.start([bg])
+    def later():
+        yield env.timeout(0.5)         # bg alone moved 5 B by now
+        fg = Flow(5, (link,), 0.0)
+        net.start([fg])
+        net.promote([bg])
+        yield fg.event
+        log.append(("fg", env.now))
+    log = []
+    env.process(later())
+    env.run()
+    assert log == [("fg", pytest.approx(1.5))] and bg.done_at == pytest.approx(1.5)

@@ -13,6 +13,9 @@ Closed forms this yields (tested):
 * two flows of b1 <= b2 bytes starting together on one resource of capacity C:
   the first ends at ``latency + 2*b1/C``, the second at ``latency + (b1 + b2)/C``.
 
+Background flows (prefetches; ``priority`` > 0) get only what demand flows leave: strict
+priority between classes, max-min fairness within a class, so they never slow a demand fetch.
+
 The network is advanced lazily: its state changes only at flow start/activation/completion
 instants. ``FlowNetwork.run_isolated`` computes those instants analytically for a set of flows
 when nothing else can interfere (the caller checks that no other SimPy event is due before the
@@ -57,10 +60,10 @@ class Flow:
     """One transfer. ``done_at`` is set when its last byte arrives."""
 
     __slots__ = ("size", "remaining", "path", "latency", "activate_at", "rate", "done_at",
-                 "event", "tag", "start_at", "cap")
+                 "event", "tag", "start_at", "cap", "priority")
 
     def __init__(self, size: float, path: tuple[Resource, ...], latency: float, tag=None,
-                 cap: float = math.inf):
+                 cap: float = math.inf, priority: int = 0):
         if size < 0:
             raise ValueError("flow size must be >= 0")
         self.size = float(size)
@@ -68,6 +71,7 @@ class Flow:
         self.path = path
         self.latency = float(latency)
         self.cap = cap               # per-flow rate cap (e.g. a shared bus read at read_bw)
+        self.priority = priority     # 0 = demand; larger = background (gets what is left)
         self.tag = tag
         self.rate = 0.0
         self.start_at = math.nan
@@ -77,7 +81,8 @@ class Flow:
 
 
 def max_min_rates(flows: list[Flow]) -> None:
-    """Assign max-min fair rates to ``flows`` (progressive filling over shared resources)."""
+    """Assign rates: strict priority between classes (``Flow.priority``, 0 first), max-min
+    fair (progressive filling) within a class over what higher classes left."""
     if not flows:
         return
     if len(flows) == 1:
@@ -85,11 +90,20 @@ def max_min_rates(flows: list[Flow]) -> None:
         f.rate = min(min(r.capacity for r in f.path), f.cap)
         return
     residual: dict[Resource, float] = {}
+    for f in flows:
+        for r in f.path:
+            residual[r] = r.capacity
+    classes = sorted({f.priority for f in flows})
+    for prio in classes:
+        group = [f for f in flows if f.priority == prio] if len(classes) > 1 else flows
+        _fill(group, residual)
+
+
+def _fill(flows: list[Flow], residual: dict[Resource, float]) -> None:
     users: dict[Resource, int] = {}
     for f in flows:
         f.rate = -1.0
         for r in f.path:
-            residual[r] = r.capacity
             users[r] = users.get(r, 0) + 1
     unfrozen = len(flows)
     while unfrozen:
@@ -329,6 +343,19 @@ class FlowNetwork:
         self._finish(done)
         self._reschedule()
         return [f.event for f in flows]
+
+    def promote(self, flows: list[Flow]) -> None:
+        """Raise unfinished ``flows`` to demand priority now (SimPy time)."""
+        done = self._advance(self.env.now)
+        self._finish(done)
+        changed = False
+        for f in flows:
+            if f.priority and math.isnan(f.done_at):
+                f.priority = 0
+                changed = True
+        if changed:
+            max_min_rates(self.active)
+            self._reschedule()
 
     def _finish(self, done: list[Flow]) -> None:
         for f in done:

@@ -152,6 +152,13 @@ class Simulation:
         self.steps: list[tuple] = []
         self.log_events = cfg.output.events
         self.warm_objects: list[int] = []
+        # prefetch state (only touched when the prefetch policy is active)
+        self.prefetch_active = bool(self.prefetch.active)
+        self.inflight: dict[int, Flow] = {}      # object -> its prefetch flow, until it lands
+        self.staged: set[int] = set()            # landed prefetches, not used yet
+        self.staged_bytes = self.pf_peak_buffer = 0.0
+        self.pf_issued = self.pf_useful = self.pf_late = self.pf_wasted = 0
+        self.pf_bytes = [0.0, 0.0]
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod
@@ -202,6 +209,48 @@ class Simulation:
         self.fetched_bytes[phase][dev] += f.size
         if self.log_events:
             self.transfers.add(f.start_at, f.done_at, f.size, 1, dev, phase, purpose, (oid,))
+        if purpose == PREFETCH:
+            # a prefetched expert lands in the staging buffer; it enters the cache on first
+            # use, as a demand fetch would have
+            del self.inflight[oid]
+            self.staged.add(oid)
+            self.staged_bytes += f.size
+            if self.staged_bytes > self.pf_peak_buffer:
+                self.pf_peak_buffer = self.staged_bytes
+
+    def _admit(self, oid: int, size: float) -> bool:
+        """Insert ``oid`` into the cache, counting insertions and evictions (and wasted
+        prefetches evicted unused). False if the cache declined to keep it."""
+        evicted = self._cache_insert(oid, size)
+        kept = not (evicted and evicted[-1] == oid)
+        self.evictions += len(evicted) - (0 if kept else 1)
+        if kept:
+            self.insertions += 1
+        used = self.cache.used_bytes
+        if used > self.peak_cache_bytes:
+            self.peak_cache_bytes = used
+        return kept
+
+    def _issue_prefetch(self, phase: int, oids, t: float):
+        """Start background fetches of ``oids`` at ``t`` (those not pinned, cached, staged or
+        already in flight). They use only bandwidth demand fetches leave, land in the staging
+        buffer and enter the cache on first use."""
+        pinned, contains, home, sizes = self._pinned, self.cache.contains, self.home, self._obj_bytes
+        flows = []
+        for oid in oids:
+            if pinned[oid] or oid in self.inflight or oid in self.staged or contains(oid):
+                continue
+            dev = home[oid]
+            f = Flow(sizes[oid], *self.paths[dev], tag=(oid, dev, phase, PREFETCH), priority=1)
+            flows.append(f)
+            self.inflight[oid] = f
+            self.pf_issued += 1
+            self.pf_bytes[phase] += f.size
+        if flows:
+            env = self.env
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            self.net.start(flows)
 
     # ------------------------------------------------------------------ the MoE block
     def _moe_layer(self, phase: int, layer: int, oids, counts, n: int, t: float):
@@ -231,6 +280,55 @@ class Simulation:
         if missed is None:
             return t_hit
         return self._fetch_missed(phase, missed, t, t_hit)
+
+    def _moe_layer_prefetching(self, phase: int, layer: int, oids, counts, n: int, t: float):
+        """``_moe_layer`` when a prefetch policy is active. Objects neither pinned nor cached
+        are misses, as without prefetching; a miss already staged (landed) runs as a resident
+        expert, one still in flight is waited for (and promoted to demand priority), and both
+        then enter the cache exactly as a demand fetch would have."""
+        pinned, access = self._pinned, self._cache_access
+        inflight, staged = self.inflight, self.staged
+        sizes = self._obj_bytes
+        res_u = res_a = hit_u = 0
+        missed, late = [], []
+        for i, oid in enumerate(oids):
+            c = 1 if counts is None else counts[i]
+            if pinned[oid] or access(oid):
+                hit_u += 1
+            elif oid in staged:                 # timely prefetch: resident for compute
+                staged.discard(oid)
+                self.staged_bytes -= sizes[oid]
+                self.pf_useful += 1
+                self.served[phase][self.home[oid]] += 1
+                self._admit(oid, sizes[oid])
+            elif oid in inflight:               # late prefetch: wait for it
+                late.append((oid, c, inflight[oid]))
+                self.pf_useful += 1
+                self.pf_late += 1
+                self.served[phase][self.home[oid]] += 1
+                self._admit(oid, sizes[oid])
+                continue
+            else:
+                missed.append((oid, c))
+                continue
+            res_u += 1
+            res_a += c
+        nl = len(oids)
+        self.lookups[phase] += nl
+        self.hits[phase] += hit_u
+        self.misses[phase] += nl - hit_u
+        self.layer_lookups[phase][layer] += nl
+        self.layer_hits[phase][layer] += hit_u
+        t_hit = t + self.compute.moe(n, res_a, res_u, phase)
+        if not missed and not late:
+            return t_hit
+        flows = []
+        for oid, _c in missed:
+            dev = self.home[oid]
+            self.served[phase][dev] += 1
+            self._admit(oid, sizes[oid])
+            flows.append(Flow(sizes[oid], *self.paths[dev], tag=(oid, dev, phase, DEMAND)))
+        return (flows, missed, t, t_hit, late)
 
     def _fetch_missed(self, phase: int, missed, t: float, t_hit: float):
         """Insert the missed objects into the cache and fetch them; return the layer's end
@@ -280,16 +378,8 @@ class Simulation:
             devs.append(dev)
             size = sizes[oid]
             msizes.append(size)
-            if inserted:
-                continue
-            evicted = cache.insert(oid, size)
-            if evicted and evicted[-1] == oid:
-                self.evictions += len(evicted) - 1
-            else:
-                self.insertions += 1
-                self.evictions += len(evicted)
-        if cache.used_bytes > self.peak_cache_bytes:
-            self.peak_cache_bytes = cache.used_bytes
+            if not inserted:
+                self._admit(oid, size)
         if self.fast_path:
             dev0 = devs[0]
             if all(d == dev0 for d in devs):
@@ -321,13 +411,19 @@ class Simulation:
         return end
 
     def _moe_layer_events(self, phase: int, state):
-        flows, missed, t, t_hit = state
+        flows, missed, t, t_hit, *rest = state
+        late = rest[0] if rest else []
         env = self.env
         if t > env.now:
             yield env.timeout(t - env.now)
-        events = self.net.start(flows)
-        yield env.all_of(events)
-        return self._schedule_late(phase, [f.done_at for f in flows], missed, t_hit)
+        events = self.net.start(flows) if flows else []
+        if late:
+            self.net.promote([f for _o, _c, f in late])
+        events += [f.event for _o, _c, f in late if not f.event.triggered]
+        if events:
+            yield env.all_of(events)
+        done = [f.done_at for f in flows] + [f.done_at for _o, _c, f in late]
+        return self._schedule_late(phase, done, list(missed) + [(o, c) for o, c, _f in late], t_hit)
 
     def _sync(self):
         """Hand control to SimPy up to our clock if any other event is due by then."""
@@ -369,6 +465,8 @@ class Simulation:
             base = np.arange(L, dtype=np.int64)[None, :, None] * E
             cnt = np.bincount((base + ex).ravel(), minlength=L * E).reshape(L, E)
         self.accesses[phase] += n * L * self.ctx.trace.meta.top_k
+        prefetching = self.prefetch_active
+        moe_layer = self._moe_layer_prefetching if prefetching else self._moe_layer
         for layer in range(L):
             t += t_full if full[layer] else t_lin
             if identity:
@@ -377,7 +475,12 @@ class Simulation:
                 counts = cnt[layer, nz].tolist()
             else:
                 oids, counts = self._route(phase, layer, rows)
-            r = self._moe_layer(phase, layer, oids, counts, n, t)
+            if self.env.peek() <= t:              # background events due: apply them first
+                self.t = t
+                yield from self._sync()
+            r = moe_layer(phase, layer, oids, counts, n, t)
+            if prefetching:
+                yield from self._issue_prefetch(phase, self.prefetch.on_layer_start(phase, layer, rows), t)
             if type(r) is tuple:
                 r = yield from self._moe_layer_events(phase, r)
             t = r
@@ -406,7 +509,9 @@ class Simulation:
         identity = self.routing.identity
         token_oids = [q.dec_oids[q.decoded] for q in batch] if identity else None
         self.accesses[phase] += n * L * self.ctx.trace.meta.top_k
-        moe_layer = self._moe_layer
+        prefetching = self.prefetch_active
+        moe_layer = self._moe_layer_prefetching if prefetching else self._moe_layer
+        peek = self.env.peek
         for layer in range(L):
             t += t_full if full[layer] else t_lin
             if not identity:
@@ -420,7 +525,12 @@ class Simulation:
                         cnt[o] = cnt.get(o, 0) + 1
                 oids = sorted(cnt)
                 counts = [cnt[o] for o in oids]
+            if peek() <= t:                       # background events due: apply them first
+                self.t = t
+                yield from self._sync()
             r = moe_layer(phase, layer, oids, counts, n, t)
+            if prefetching:
+                yield from self._issue_prefetch(phase, self.prefetch.on_layer_start(phase, layer, rows), t)
             if type(r) is tuple:
                 r = yield from self._moe_layer_events(phase, r)
             t = r
@@ -517,7 +627,8 @@ class Simulation:
         unpinned = self.home[~self.ctx.pinned]
         sizes = self.ctx.object_bytes
         self._uniform = None
-        if unpinned.size and (unpinned == unpinned[0]).all() and (sizes == sizes[0]).all():
+        if (unpinned.size and (unpinned == unpinned[0]).all() and (sizes == sizes[0]).all()
+                and not self.prefetch_active):
             self._uniform = (int(unpinned[0]), float(sizes[0]))
         self.warm_objects = list(self.warmup.initialize(self.cache))
         self.peak_cache_bytes = self.cache.used_bytes
@@ -526,4 +637,5 @@ class Simulation:
         if self.env.now < self.t:
             self.env.run(until=self.t)
         self.net.close(self.t)
+        self.pf_wasted = self.pf_issued - self.pf_useful     # landed or in flight, never used
         return collect(self)

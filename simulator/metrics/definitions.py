@@ -34,7 +34,7 @@ METRICS: list[tuple[str, str, str]] = [
     ("expert_accesses.<phase>", "count", "token->expert uses: tokens x MoE layers x top-k"),
     ("lookups.<phase>", "count", "expert lookups: distinct experts needed per layer per iteration"),
     ("hits.<phase>", "count", "lookups served from the local tier (pinned or cached)"),
-    ("misses.<phase>", "count", "lookups that had to fetch from another tier"),
+    ("misses.<phase>", "count", "lookups neither pinned nor cached (fetched on demand or by a prefetch)"),
     ("hit_rate.<phase>", "fraction", "hits / lookups of that phase"),
     ("hit_rate", "fraction", "hits / lookups over both phases"),
     ("lookups_served.<phase>.<device>", "count", "lookups served by that device "
@@ -70,6 +70,15 @@ METRICS: list[tuple[str, str, str]] = [
     ("cache.peak_bytes", "B", "largest occupancy of the expert cache (never above capacity)"),
     ("cache.insertions", "count", "objects admitted to the cache"),
     ("cache.evictions", "count", "objects evicted from the cache"),
+    # prefetch
+    ("prefetch.issued", "count", "background fetches started by the prefetch policy"),
+    ("prefetch.useful", "count", "prefetched objects later looked up (timely or late)"),
+    ("prefetch.late", "count", "useful prefetches still in flight when looked up (the layer waited)"),
+    ("prefetch.wasted", "count", "prefetched objects never looked up (issued - useful)"),
+    ("prefetch.peak_buffer_bytes", "B", "largest staging-buffer footprint of landed, unused prefetches"),
+    ("prefetch.accuracy", "fraction", "prefetch.useful / prefetch.issued"),
+    ("prefetch.coverage", "fraction", "prefetch.useful / misses (misses that a prefetch served)"),
+    ("bytes.prefetched.<phase>", "B", "bytes moved by prefetches issued in that phase"),
     # utilisation
     ("utilization.compute", "fraction", "(time.prefill_s + time.decode_s) / makespan_s"),
     ("utilization.link.<link>", "fraction", "time with at least one transfer on the link / makespan_s"),

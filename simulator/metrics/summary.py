@@ -165,6 +165,17 @@ def collect(sim: "Simulation") -> RunResult:
     s["cache.peak_bytes"] = sim.peak_cache_bytes
     s["cache.insertions"] = sim.insertions
     s["cache.evictions"] = sim.evictions
+    # ------------------------------------------------------------ prefetch
+    misses = s["misses.prefill"] + s["misses.decode"]
+    s["prefetch.issued"] = sim.pf_issued
+    s["prefetch.useful"] = sim.pf_useful
+    s["prefetch.late"] = sim.pf_late
+    s["prefetch.wasted"] = sim.pf_wasted
+    s["prefetch.peak_buffer_bytes"] = sim.pf_peak_buffer
+    s["prefetch.accuracy"] = sim.pf_useful / sim.pf_issued if sim.pf_issued else float("nan")
+    s["prefetch.coverage"] = sim.pf_useful / misses if misses else float("nan")
+    for p, name in enumerate(PHASE_NAMES):
+        s[f"bytes.prefetched.{name}"] = sim.pf_bytes[p]
     # ------------------------------------------------------------ utilisation
     s["utilization.compute"] = sum(sim.phase_time) / makespan if makespan > 0 else float("nan")
     for n, l in sysm.links.items():
