@@ -287,3 +287,27 @@ def test_prefetch_runs_identically_with_and_without_fast_path(olmoe_trace):
     for k, v in fast.summary.items():
         w = slow.summary[k]
         assert (math.isnan(v) and math.isnan(w)) or w == pytest.approx(v, rel=1e-9, abs=1e-15), k
+
+
+# ---------------------------------------------------------------------------- routing
+def test_rerouting_path_equals_a_pre_rerouted_trace(olmoe_trace, tmp_path):
+    """A routing policy that sends every token to expert (e + 1) mod E gives exactly the
+    result of trace routing on a trace whose experts were shifted beforehand."""
+    from simulator.policies.base import ROUTING, RoutingPolicy
+    from simulator.traces.io import write_trace
+
+    if "test_shift" not in ROUTING:
+        @ROUTING.register("test_shift")
+        class Shift(RoutingPolicy):
+            def route(self, phase, layer, tokens, experts):
+                return (experts + 1) % self.ctx.num_experts
+
+    tr = read_trace(olmoe_trace)
+    tr.experts = ((tr.experts.astype(int) + 1) % E).astype(tr.experts.dtype)
+    shifted = tmp_path / "shifted.parquet"
+    write_trace(tr, shifted)
+    for wl in ({"batch_size": 1}, {"batch_size": 3}):
+        _, a = simulate(base_config(olmoe_trace, routing={"name": "test_shift"}, workload=wl))
+        _, b = simulate(base_config(shifted, workload=wl))
+        assert a.summary == pytest.approx(b.summary, nan_ok=True)
+        assert a.transfers["object_id"].tolist() == b.transfers["object_id"].tolist()

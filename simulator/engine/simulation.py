@@ -441,6 +441,11 @@ class Simulation:
         ex = self.trace.experts[rows, layer].astype(np.int64)
         ex = np.asarray(self.routing.route(phase, layer, rows, ex), dtype=np.int64)
         o = (layer * self.ctx.num_experts + ex.ravel()) * self.ctx.slices_per_expert
+        if rows.size == 1:       # one token: its experts in its own (gate) order, as unrouted
+            seen = dict.fromkeys(o.tolist(), 0)
+            for x in o.tolist():
+                seen[x] += 1
+            return list(seen), list(seen.values())
         u, c = np.unique(o, return_counts=True)
         return u.tolist(), c.tolist()
 

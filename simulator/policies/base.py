@@ -173,8 +173,9 @@ class WarmupPolicy(Policy):
 
 # ---------------------------------------------------------------------------- KV cache
 class KVPolicy(Policy):
-    """Where the KV cache lives and what attention reads cost."""
+    """Where the KV cache lives and what attention reads cost.
 
-    def attention_reads_local(self) -> bool:
-        """True if attention reads its KV from the compute unit's own memory (roofline term)."""
-        return True
+    Today the engine has one KV model, ``local``: KV lives in the compute unit's memory and
+    attention reads it there (the roofline's bytes term; its footprint is reported as
+    ``local.kv_peak_bytes``). Sharded, compressed or offloaded KV (PiKV) will add hooks here.
+    """
