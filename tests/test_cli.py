@@ -210,3 +210,54 @@ def test_set_changes_results_and_is_reproducible(tmp_path, capsys):
     sa, sb, sc = (json.loads((d / "summary.json").read_text()) for d in (a, b, c))
     assert sa == sb          # JSON holds NaN as null, so equal runs compare equal
     assert sa["hits.decode"] != sc["hits.decode"]
+
+
+# ---------------------------------------------------------------------------- trace commands
+def test_trace_stats_text_and_json(capsys):
+    code, out, err = run_cli(capsys, "trace", "stats", str(default_trace_path()))
+    assert code == 0, err
+    assert "mixtral-8x7b" in out and "gini" in out and "reuse distance" in out
+    code, out, _ = run_cli(capsys, "trace", "stats", "--json", str(default_trace_path()))
+    st = json.loads(out)
+    assert code == 0 and st["counts"]["requests"] == 8
+    assert set(st) >= {"overlap", "reuse", "gate_scores", "lru"}
+
+
+def test_trace_synth_then_run(tmp_path, capsys):
+    out = tmp_path / "olmoe.parquet"
+    code, text, err = run_cli(capsys, "trace", "synth", "-o", str(out), "--model", "olmoe-1b-7b",
+                              "--requests", "2", "--prompt-len", "8", "--decode-len", "4",
+                              "--arrival-rate", "5")
+    assert code == 0, err
+    assert "2 requests" in text
+    code, text, err = run_cli(capsys, "run", "--trace", str(out), "-o", str(tmp_path / "r"),
+                              "--set", "workload.arrivals.process=trace", "--set", "cache.capacity_gb=1")
+    assert code == 0, err
+    req = pd.read_csv(tmp_path / "r" / "requests.csv")
+    assert req["arrival_s"].iloc[0] == 0 and req["arrival_s"].iloc[1] > 0
+
+
+def test_trace_import_cli(tmp_path, capsys):
+    """A tiny file in the Qwen routing.json format, converted and validated."""
+    routes = []
+    for pos in range(3):
+        layers = {str(l): {"experts": [(pos + l) % 60, (pos + l + 1) % 60, (pos + l + 2) % 60,
+                                       (pos + l + 3) % 60], "weights": [0.4, 0.3, 0.2, 0.1]}
+                  for l in range(24)}
+        routes.append({"token_pos": pos, "token_id": 1, "token_str": "x",
+                       "phase": "prefill" if pos < 2 else "decode", "layers": layers})
+    src = tmp_path / "routing.json"
+    src.write_text(json.dumps({"meta": {"model_id": "Qwen1.5-MoE-A2.7B-Chat-4bit", "num_layers": 24,
+                                        "num_moe_layers": 24, "num_experts": 60, "top_k": 4,
+                                        "prompt_len": 2, "generated_len": 1},
+                               "prompt_tokens": [1, 1], "generated_tokens": [1], "routes": routes}))
+    out = tmp_path / "q.parquet"
+    code, text, err = run_cli(capsys, "trace", "import", str(src), "-o", str(out))
+    assert code == 0, err
+    assert "qwen1.5-moe-a2.7b" in text
+    code, text, _ = run_cli(capsys, "trace", "validate", str(out))
+    assert code == 0 and "2 prefill + 1 decode" in text
+    assert_one_line_error(capsys, ["trace", "import", str(src), "-o", str(out), "--option", "nope=1"],
+                          "nope")
+    assert_one_line_error(capsys, ["trace", "import", str(tmp_path / "none.json"), "-o", str(out)],
+                          "none.json")
