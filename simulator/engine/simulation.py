@@ -449,87 +449,27 @@ class Simulation:
         u, c = np.unique(o, return_counts=True)
         return u.tolist(), c.tolist()
 
-    def _prefill(self, batch: list[Request]):
+    def _iteration(self, phase: int, rows: np.ndarray, n_out: int, kv_read: float, lookups):
+        """Run one iteration over trace ``rows`` starting at ``self.t``: dense layers and LM
+        head, then per MoE layer attention and the MoE block over ``lookups(layer)`` =
+        (object ids, token counts or None). Returns the end time."""
         compute, L = self.compute, self.ctx.num_layers
-        phase = PREFILL
         t0 = self.t
-        rows = np.concatenate([np.arange(q.start, q.start + q.n_prefill) for q in batch])
         n = int(rows.size)
         ctx_sum = self._contexts(rows)
-        kv_read = float(sum(int(self.trace.token[q.start + q.n_prefill - 1]) + 1 for q in batch))
-        t = t0 + compute.dense_and_head(n, len(batch), ctx_sum, kv_read, phase)
+        t = t0 + compute.dense_and_head(n, n_out, ctx_sum, kv_read, phase)
         t_full, t_lin = compute.attention(n, ctx_sum, kv_read, phase)
         (ff, fb), (lf, lb) = compute.attention_cost(n, ctx_sum, kv_read)
         full = compute.full_attention
         n_full = sum(full)
         compute.account(phase, n_full * ff + (L - n_full) * lf, n_full * fb + (L - n_full) * lb)
-        identity = self.routing.identity
-        if identity:
-            ex = self.trace.experts[rows]
-            E, S = self.ctx.num_experts, self.ctx.slices_per_expert
-            base = np.arange(L, dtype=np.int64)[None, :, None] * E
-            cnt = np.bincount((base + ex).ravel(), minlength=L * E).reshape(L, E)
-        self.accesses[phase] += n * L * self.ctx.trace.meta.top_k
-        prefetching = self.prefetch_active
-        moe_layer = self._moe_layer_prefetching if prefetching else self._moe_layer
-        for layer in range(L):
-            t += t_full if full[layer] else t_lin
-            if identity:
-                nz = np.flatnonzero(cnt[layer])
-                oids = ((nz + layer * E) * S).tolist()
-                counts = cnt[layer, nz].tolist()
-            else:
-                oids, counts = self._route(phase, layer, rows)
-            if self.env.peek() <= t:              # background events due: apply them first
-                self.t = t
-                yield from self._sync()
-            r = moe_layer(phase, layer, oids, counts, n, t)
-            if prefetching:
-                yield from self._issue_prefetch(phase, self.prefetch.on_layer_start(phase, layer, rows), t)
-            if type(r) is tuple:
-                r = yield from self._moe_layer_events(phase, r)
-            t = r
-        self._end_iteration(phase, t0, t, n)
-        for q in batch:
-            q.first_token = t
-            q.token_times.append(t)
-            self.kv_tokens_live += q.n_prefill
-            self.warmup.on_prefill_end(q.rid, self.cache)
-        self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_tokens_live)
-
-    def _decode(self, batch: list[Request]):
-        compute, L = self.compute, self.ctx.num_layers
-        phase = DECODE
-        t0 = self.t
-        n = len(batch)
-        rows = np.fromiter((q.start + q.n_prefill + q.decoded for q in batch), dtype=np.int64,
-                           count=n)
-        ctx_sum = self._contexts(rows)
-        t = t0 + compute.dense_and_head(n, n, ctx_sum, ctx_sum, phase)
-        t_full, t_lin = compute.attention(n, ctx_sum, ctx_sum, phase)
-        (ff, fb), (lf, lb) = compute.attention_cost(n, ctx_sum, ctx_sum)
-        full = compute.full_attention
-        n_full = sum(full)
-        compute.account(phase, n_full * ff + (L - n_full) * lf, n_full * fb + (L - n_full) * lb)
-        identity = self.routing.identity
-        token_oids = [q.dec_oids[q.decoded] for q in batch] if identity else None
         self.accesses[phase] += n * L * self.ctx.trace.meta.top_k
         prefetching = self.prefetch_active
         moe_layer = self._moe_layer_prefetching if prefetching else self._moe_layer
         peek = self.env.peek
         for layer in range(L):
             t += t_full if full[layer] else t_lin
-            if not identity:
-                oids, counts = self._route(phase, layer, rows)
-            elif n == 1:
-                oids, counts = token_oids[0][layer], None
-            else:
-                cnt: dict[int, int] = {}
-                for to in token_oids:
-                    for o in to[layer]:
-                        cnt[o] = cnt.get(o, 0) + 1
-                oids = sorted(cnt)
-                counts = [cnt[o] for o in oids]
+            oids, counts = lookups(layer)
             if peek() <= t:                       # background events due: apply them first
                 self.t = t
                 yield from self._sync()
@@ -540,6 +480,54 @@ class Simulation:
                 r = yield from self._moe_layer_events(phase, r)
             t = r
         self._end_iteration(phase, t0, t, n)
+        return t
+
+    def _prefill(self, batch: list[Request]):
+        """All prompt tokens of ``batch`` together; a layer looks up the distinct experts its
+        tokens chose (ascending id), each with its token count. KV of every sequence is read
+        once (flash-attention style)."""
+        rows = np.concatenate([np.arange(q.start, q.start + q.n_prefill) for q in batch])
+        kv_read = float(sum(int(self.trace.token[q.start + q.n_prefill - 1]) + 1 for q in batch))
+        if self.routing.identity:
+            L, E, S = self.ctx.num_layers, self.ctx.num_experts, self.ctx.slices_per_expert
+            base = np.arange(L, dtype=np.int64)[None, :, None] * E
+            cnt = np.bincount((base + self.trace.experts[rows]).ravel(),
+                              minlength=L * E).reshape(L, E)
+
+            def lookups(layer):
+                nz = np.flatnonzero(cnt[layer])
+                return ((nz + layer * E) * S).tolist(), cnt[layer, nz].tolist()
+        else:
+            lookups = lambda layer: self._route(PREFILL, layer, rows)
+        t = yield from self._iteration(PREFILL, rows, len(batch), kv_read, lookups)
+        for q in batch:
+            q.first_token = t
+            q.token_times.append(t)
+            self.kv_tokens_live += q.n_prefill
+            self.warmup.on_prefill_end(q.rid, self.cache)
+        self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_tokens_live)
+
+    def _decode(self, batch: list[Request]):
+        """One decode token per running request; each token reads its whole context."""
+        n = len(batch)
+        rows = np.fromiter((q.start + q.n_prefill + q.decoded for q in batch), dtype=np.int64,
+                           count=n)
+        if not self.routing.identity:
+            lookups = lambda layer: self._route(DECODE, layer, rows)
+        elif n == 1:
+            token = batch[0].dec_oids[batch[0].decoded]
+            lookups = lambda layer: (token[layer], None)
+        else:
+            token_oids = [q.dec_oids[q.decoded] for q in batch]
+
+            def lookups(layer):
+                cnt: dict[int, int] = {}
+                for to in token_oids:
+                    for o in to[layer]:
+                        cnt[o] = cnt.get(o, 0) + 1
+                oids = sorted(cnt)
+                return oids, [cnt[o] for o in oids]
+        t = yield from self._iteration(DECODE, rows, n, self._contexts(rows), lookups)
         self.kv_tokens_live += n
         self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_tokens_live)
         for q in batch:

@@ -27,16 +27,20 @@ class LFU(CachePolicy):
         self._min = 0
         self.access = self._access
 
-    def _access(self, oid: int) -> bool:
-        f = self._freq.get(oid)
-        if f is None:
-            return False
+    def _unlink(self, oid: int, f: int) -> None:
+        """Take ``oid`` out of frequency bucket ``f`` (dropping the bucket when empty)."""
         b = self._buckets[f]
         del b[oid]
         if not b:
             del self._buckets[f]
             if self._min == f:
                 self._min = f + 1
+
+    def _access(self, oid: int) -> bool:
+        f = self._freq.get(oid)
+        if f is None:
+            return False
+        self._unlink(oid, f)
         nb = self._buckets.get(f + 1)
         if nb is None:
             nb = self._buckets[f + 1] = OrderedDict()
@@ -75,10 +79,7 @@ class LFU(CachePolicy):
         f = self._freq.pop(oid, None)
         if f is None:
             return False
-        b = self._buckets[f]
-        del b[oid]
-        if not b:
-            del self._buckets[f]
+        self._unlink(oid, f)
         self.used_bytes -= self._size.pop(oid)
         return True
 
