@@ -141,14 +141,73 @@ def _synth_model(a):
 
 
 def cmd_trace_synth(a) -> int:
-    from .traces.synthetic import generate
-    model = _synth_model(a)
-    rep = generate(model, a.output, requests=a.requests, prompt_len=a.prompt_len,
-                   decode_len=a.decode_len, seed=a.seed, len_jitter=a.len_jitter,
+    from .traces.synthetic import RoutingModel, generate
+    if a.from_model:
+        model = RoutingModel.from_yaml(a.from_model)
+        requests, prompt_len, decode_len = a.requests, a.prompt_len, a.decode_len
+    else:
+        model = _synth_model(a)
+        requests = 8 if a.requests is None else a.requests
+        prompt_len = 128 if a.prompt_len is None else a.prompt_len
+        decode_len = 64 if a.decode_len is None else a.decode_len
+    rep = generate(model, a.output, requests=requests, prompt_len=prompt_len,
+                   decode_len=decode_len, seed=a.seed, len_jitter=a.len_jitter,
                    arrival_rate=a.arrival_rate, router_probs=a.router_probs)
     print(f"wrote {rep['path']}: {rep['requests']} requests, {rep['prefill_tokens']:,} prefill + "
           f"{rep['decode_tokens']:,} decode tokens, {rep['accesses']:,} expert accesses "
           f"({model.model}, seed {a.seed})")
+    return 0
+
+
+def cmd_trace_fit(a) -> int:
+    from .traces.fit import fit_counts, fit_trace
+    from .traces.io import read_trace, read_trace_meta
+    from .traces.counts import read_counts
+    from .errors import TraceError
+    src = Path(a.file)
+    try:
+        read_trace_meta(src)
+        is_trace = True
+    except TraceError as exc:
+        if "moesim.trace" not in str(exc):
+            raise
+        is_trace = False
+    if is_trace:
+        trace = read_trace(src)
+        say = None if a.quiet else (lambda m: print(f"  {m}", file=sys.stderr))
+        model = fit_trace(trace, seed=a.seed, calibrate=not a.no_calibrate,
+                          iterations=a.iterations, progress=say)
+    else:
+        model = fit_counts(read_counts(src), num_layers=a.num_layers)
+    model.to_yaml(a.output)
+    print(f"wrote {a.output}: routing model of {model.model} ({model.num_layers} layers, "
+          f"top-{model.top_k} of {model.num_experts})")
+    cal = model.notes.get("calibration")
+    if cal:
+        print(f"  calibrated on {cal['requests']} requests / {cal['tokens']:,} tokens; "
+              f"score {cal['loss'][0]} -> {cal['best_loss']} (worst LRU gap x 10 + mismatch)")
+    for k, v in (model.notes.get("missing") or {}).items():
+        print(f"  missing {k}: {v}")
+    for k in ("missing_prefill", "missing_decode", "prefill_gate", "decode_gate"):
+        if k in model.notes:
+            print(f"  note: {model.notes[k]}")
+    return 0
+
+
+def cmd_trace_compare(a) -> int:
+    from .traces.compare import compare, format_compare, plot_compare
+    from .traces.io import read_trace
+    ta, tb = read_trace(a.a), read_trace(a.b)
+    names = (Path(a.a).stem, Path(a.b).stem)
+    res = compare(ta, tb, names=names, belady_max_lookups=a.belady_max_lookups)
+    if a.json:
+        print(json.dumps(res, indent=1, default=float))
+    else:
+        print(format_compare(res))
+    if a.plot:
+        panels = plot_compare(res, a.plot)
+        if not a.json:
+            print(f"\nplot: {a.plot} ({len(panels)} panels)")
     return 0
 
 
@@ -288,14 +347,48 @@ def build_parser() -> argparse.ArgumentParser:
     tv = tsub.add_parser("validate", help="check a trace against the schema (exit 0 if valid)")
     tv.add_argument("file")
     tv.set_defaults(func=cmd_trace_validate)
+    fi = tsub.add_parser("fit", help="fit a generative routing model (YAML) to a trace",
+                         description="Fit a routing model to a canonical trace (or to aggregate "
+                         "expert counts written by `trace import`): popularity, reuse, prefix, "
+                         "cross-layer patterns and gate scores per phase, calibrated so synthetic "
+                         "traces reproduce the source's LRU hit-rate curves. The YAML is "
+                         "readable and editable; use it with `trace synth --from`.")
+    fi.add_argument("file", help="canonical Parquet trace, or an expert-counts Parquet file")
+    fi.add_argument("-o", "--output", required=True, help="output YAML")
+    fi.add_argument("--seed", type=int, default=0, help="seed of the calibration syntheses")
+    fi.add_argument("--iterations", type=int, default=24, help="calibration iterations")
+    fi.add_argument("--no-calibrate", action="store_true", help="direct estimates only")
+    fi.add_argument("--num-layers", type=int, default=None,
+                    help="MoE layers of the model (counts input only; default: from the catalog)")
+    fi.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    fi.set_defaults(func=cmd_trace_fit)
+    co = tsub.add_parser("compare", help="set two traces side by side (cache behaviour first)",
+                         description="Compare traces A and B: LRU and Belady hit rates over cache "
+                         "sizes per phase, popularity TVD, reuse distances, consecutive overlap, "
+                         "cross-layer divergence and gate scores.")
+    co.add_argument("a", help="first trace (e.g. the real one)")
+    co.add_argument("b", help="second trace (e.g. the synthetic one)")
+    co.add_argument("--plot", help="write a figure (.png, .svg or .pdf)")
+    co.add_argument("--json", action="store_true", help="machine-readable output")
+    co.add_argument("--belady-max-lookups", type=int, default=300_000,
+                    help="replay Belady on at most this many lookups per stream")
+    co.set_defaults(func=cmd_trace_compare)
     sy = tsub.add_parser("synth", help="generate a seeded synthetic trace",
-                         description="Generate a synthetic routing trace with per-layer Zipf "
-                         "popularity, temporal locality and cross-layer correlation.")
+                         description="Generate a synthetic routing trace, from a fitted model "
+                         "(--from MODEL.yaml) or from knobs (per-layer Zipf popularity, temporal "
+                         "locality, cross-layer correlation). Streams to Parquet with bounded "
+                         "memory; the same seed gives the same bytes.")
     sy.add_argument("-o", "--output", required=True, help="output Parquet file")
+    sy.add_argument("--from", dest="from_model", metavar="MODEL.yaml",
+                    help="a routing model from `trace fit` (the knob options are ignored)")
     sy.add_argument("--model", default="mixtral-8x7b", help="model catalog name (layers, experts, top-k)")
-    sy.add_argument("--requests", type=int, default=8, help="number of requests")
-    sy.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per request")
-    sy.add_argument("--decode-len", type=int, default=64, help="decode tokens per request")
+    sy.add_argument("--requests", type=int, default=None,
+                    help="number of requests (default 8; with --from: the source's count)")
+    sy.add_argument("--prompt-len", type=int, default=None,
+                    help="prompt tokens per request (default 128; with --from: the source's "
+                         "lengths, request by request)")
+    sy.add_argument("--decode-len", type=int, default=None,
+                    help="decode tokens per request (default 64; with --from: the source's)")
     sy.add_argument("--len-jitter", type=float, default=0.0,
                     help="lengths uniform in [(1-j)x, (1+j)x] (0 = fixed)")
     sy.add_argument("--seed", type=int, default=0, help="random seed (same seed = same file)")

@@ -45,14 +45,18 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert not same_trace(a, c)
 
 
-def test_chunks_bound_requests_and_tokens():
+def test_chunks_bound_requests_and_tokens_and_cover_each_request_once():
     from simulator.traces.synthetic import CHUNK_REQUESTS, CHUNK_TOKENS, chunks
     lengths = np.array([100] * 1000 + [70000] + [10] * 600)
     got = list(chunks(lengths))
-    assert got[0] == (0, CHUNK_REQUESTS)
-    assert [c for c in got if c[1] - c[0] == 1 and lengths[c[0]] > CHUNK_TOKENS] == [(1000, 1001)]
-    assert sum(c1 - c0 for c0, c1 in got) == lengths.size
-    assert all(lengths[c0:c1].sum() <= CHUNK_TOKENS or c1 - c0 == 1 for c0, c1 in got)
+    seen = np.concatenate([idx for _w0, _w1, idx in got])
+    assert sorted(seen.tolist()) == list(range(lengths.size))
+    for w0, w1, idx in got:
+        assert w0 <= idx.min() and idx.max() < w1
+        assert idx.size <= CHUNK_REQUESTS
+        assert lengths[idx].sum() <= CHUNK_TOKENS or idx.size == 1
+        assert (np.diff(lengths[idx]) >= 0).all()          # similar lengths together
+    assert [idx.tolist() for *_w, idx in got if lengths[idx].sum() > CHUNK_TOKENS] == [[1000]]
 
 
 @pytest.mark.parametrize("name", ["default", "deepseek_v2_lite_small"])
