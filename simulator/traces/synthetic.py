@@ -361,13 +361,19 @@ def _plain(x):
     return x
 
 
+ROW_SUM_TOLERANCE = 1e-3    # rows of probabilities may be off by rounding in YAML
+
+
 def _renorm(a: np.ndarray, key: str) -> np.ndarray:
     if not np.isfinite(a).all() or (a < 0).any():
         raise ConfigError("entries must be finite and >= 0", key=key)
     s = a.sum(axis=-1, keepdims=True)
     if (s <= 0).any():
         raise ConfigError("a row sums to 0", key=key)
-    return a / s
+    # rows already normalised up to the YAML's rounding are kept as written, so that a
+    # saved model reloads to the same numbers (a fixed point); edited rows are rescaled.
+    # The sampler normalises again where it needs exact sums.
+    return np.where(np.abs(s - 1.0) <= ROW_SUM_TOLERANCE, a, a / s)
 
 
 def _check_knobs(**kw) -> None:
@@ -393,8 +399,8 @@ def _check_rows(a: np.ndarray, shape, key: str) -> None:
     if not np.isfinite(a).all() or (a < 0).any():
         raise ConfigError("entries must be finite and >= 0", key=key)
     s = a.sum(axis=-1)
-    if not np.allclose(s, 1.0, atol=1e-6):
-        bad = int(np.flatnonzero(~np.isclose(s, 1.0, atol=1e-6))[0])
+    if not np.allclose(s, 1.0, rtol=0, atol=ROW_SUM_TOLERANCE):
+        bad = int(np.flatnonzero(~np.isclose(s, 1.0, rtol=0, atol=ROW_SUM_TOLERANCE))[0])
         raise ConfigError(f"row {bad} sums to {s[bad]:.6g}, not 1", key=key)
 
 
@@ -469,7 +475,8 @@ class ChunkSampler:
         self.with_scores, self.with_probs = with_scores, with_probs
         ph = [model.phases[n] for n in PHASE_NAMES]            # indexed by phase code
         self.rho = np.stack([p.stickiness for p in ph])        # (2, L)
-        self.bins_cdf = np.stack([np.cumsum(p.reuse_bins, axis=1)[:, :-1] for p in ph])
+        self.bins_cdf = np.stack([np.cumsum(p.reuse_bins / p.reuse_bins.sum(axis=1, keepdims=True),
+                                            axis=1)[:, :-1] for p in ph])
         self.nu = np.stack([p.repeat_bias for p in ph])        # (2, L)
         self.coupling = np.array([p.coupling for p in ph])     # (2,)
         # log multiplier of a chain expert's weight: -log(1 - c_l), (2, L)
@@ -489,7 +496,7 @@ class ChunkSampler:
         for code, name in enumerate(PHASE_NAMES):
             ph = m.phases[name]
             for l in range(L):
-                kap = ph.concentration[l]
+                kap = ph.concentration[l] / ph.popularity[l].sum()
                 if math.isinf(kap):
                     logpop[code, :, l] = np.log(np.maximum(ph.popularity[l], 1e-300))
                 else:
