@@ -46,9 +46,11 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 
 def test_chunks_bound_requests_and_tokens_and_cover_each_request_once():
-    from simulator.traces.synthetic import CHUNK_REQUESTS, CHUNK_TOKENS, chunks
-    lengths = np.array([100] * 1000 + [70000] + [10] * 600)
-    got = list(chunks(lengths))
+    from simulator.traces.synthetic import CHUNK_ACCESSES, CHUNK_REQUESTS, chunks
+    per_token = 64                                   # e.g. 32 layers x top-2
+    CHUNK_TOKENS = CHUNK_ACCESSES // per_token
+    lengths = np.array([100] * 1000 + [CHUNK_TOKENS + 5000] + [10] * 600)
+    got = list(chunks(lengths, per_token))
     seen = np.concatenate([idx for _w0, _w1, idx in got])
     assert sorted(seen.tolist()) == list(range(lengths.size))
     for w0, w1, idx in got:
@@ -57,6 +59,29 @@ def test_chunks_bound_requests_and_tokens_and_cover_each_request_once():
         assert lengths[idx].sum() <= CHUNK_TOKENS or idx.size == 1
         assert (np.diff(lengths[idx]) >= 0).all()          # similar lengths together
     assert [idx.tolist() for *_w, idx in got if lengths[idx].sum() > CHUNK_TOKENS] == [[1000]]
+
+
+def test_generation_holds_at_most_one_window_in_memory(monkeypatch):
+    """Bounded memory: sample_arrays yields window by window, none larger than
+    WINDOW_ACCESSES (unless one request alone is), requests in order and each exactly once."""
+    from simulator.traces import synthetic
+    monkeypatch.setattr(synthetic, "WINDOW_ACCESSES", 4000)
+    monkeypatch.setattr(synthetic, "CHUNK_ACCESSES", 1500)
+    m = small()
+    per_token = m.num_layers * m.top_k
+    P = np.array([5, 30, 2, 0, 40, 7, 3, 90, 1, 12] * 4)
+    D = np.array([9, 1, 20, 6, 0, 14, 3, 2, 60, 5] * 4)
+    blocks = list(synthetic.sample_arrays(m, P, D, seed=3, scores=True))
+    assert len(blocks) >= -(-int((P + D).sum()) * per_token // 4000)      # >= 4 windows
+    nxt = 0
+    for w0, w1, ex, sc, _pr in blocks:
+        assert w0 == nxt and w1 > w0
+        nxt = w1
+        assert ex.shape == (int((P + D)[w0:w1].sum()), m.num_layers, m.top_k)
+        assert sc.shape == ex.shape
+        assert ex.size <= 4000 or w1 - w0 == 1
+    assert nxt == P.size
+    assert max((P + D) * per_token) <= 4000
 
 
 @pytest.mark.parametrize("name", ["default", "deepseek_v2_lite_small"])

@@ -31,7 +31,8 @@ its k experts::
 Tokens of many requests are generated at once (vectorised over requests) and streamed to
 Parquet a chunk of requests at a time; chunks are a fixed function of the request lengths,
 so the same (model, lengths, seed) gives byte-identical files and memory stays bounded
-by the chunk (``CHUNK_TOKENS`` tokens), however long the trace.
+by the window of requests being generated (``WINDOW_ACCESSES`` token -> expert accesses),
+however long the trace.
 
 ``RoutingModel.from_knobs`` builds a model from intuitive knobs (tests, defaults);
 ``simulator.traces.fit`` estimates one from a real trace. Both round-trip through a readable
@@ -406,35 +407,39 @@ def _check_rows(a: np.ndarray, shape, key: str) -> None:
 
 # ---------------------------------------------------------------------- sampling
 CHUNK_REQUESTS = 256          # requests generated together (vectorised over requests)
-CHUNK_TOKENS = 65536          # ... and at most this many tokens per chunk
-WINDOW_TOKENS = 1 << 20       # requests are generated window by window (bounded memory)
+CHUNK_ACCESSES = 1 << 22      # ... and at most this many token -> expert accesses per chunk
+WINDOW_ACCESSES = 1 << 23     # requests are generated window by window (bounded memory)
 
 
-def windows(lengths: np.ndarray):
-    """Consecutive request ranges [w0, w1) of at most WINDOW_TOKENS tokens (>= 1 request)."""
+def windows(lengths: np.ndarray, per_token: int = 1):
+    """Consecutive request ranges [w0, w1) of at most WINDOW_ACCESSES accesses (lengths x
+    ``per_token`` accesses per token; >= 1 request per window)."""
+    cap = WINDOW_ACCESSES // max(1, per_token)
     w0, n = 0, len(lengths)
     while w0 < n:
         w1, tok = w0, 0
-        while w1 < n and (w1 == w0 or tok + lengths[w1] <= WINDOW_TOKENS):
+        while w1 < n and (w1 == w0 or tok + lengths[w1] <= cap):
             tok += int(lengths[w1])
             w1 += 1
         yield w0, w1
         w0 = w1
 
 
-def chunks(lengths: np.ndarray):
+def chunks(lengths: np.ndarray, per_token: int = 1):
     """Groups of request indices generated together: within each window, requests sorted by
-    length (stable) and cut into runs of at most CHUNK_REQUESTS requests and CHUNK_TOKENS
-    tokens, so a chunk's requests have similar lengths and few steps are wasted on padding.
-    A fixed function of the lengths: part of what a seed means."""
+    length (stable) and cut into runs of at most CHUNK_REQUESTS requests and CHUNK_ACCESSES
+    accesses, so a chunk's requests have similar lengths and few steps are wasted on
+    padding. A fixed function of the lengths and the model's layers x top-k (``per_token``):
+    part of what a seed means."""
     lengths = np.asarray(lengths)
-    for w0, w1 in windows(lengths):
+    cap = CHUNK_ACCESSES // max(1, per_token)
+    for w0, w1 in windows(lengths, per_token):
         order = w0 + np.argsort(lengths[w0:w1], kind="stable")
         c0, n = 0, order.size
         while c0 < n:
             c1, tok = c0, 0
             while c1 < n and c1 - c0 < CHUNK_REQUESTS and (
-                    c1 == c0 or tok + lengths[order[c1]] <= CHUNK_TOKENS):
+                    c1 == c0 or tok + lengths[order[c1]] <= cap):
                 tok += int(lengths[order[c1]])
                 c1 += 1
             yield w0, w1, order[c0:c1]
@@ -681,7 +686,7 @@ def sample_arrays(model: RoutingModel, P: np.ndarray, D: np.ndarray, seed: int, 
     model.validate()
     lens = P + D
     window_parts: dict = {}
-    for w0, w1, idx in chunks(lens):
+    for w0, w1, idx in chunks(lens, model.num_layers * model.top_k):
         crng = np.random.default_rng([seed, int(idx[0])])
         ex, sc, pr = ChunkSampler(model, crng, P[idx], D[idx], scores, router_probs).run()
         offs = np.concatenate(([0], np.cumsum(lens[idx])))
