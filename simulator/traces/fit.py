@@ -311,15 +311,19 @@ def _subset(trace: Trace, budget: int, blocks: int = 8) -> Trace:
     return trace.select_requests(ids[sorted(set(chosen))])
 
 
-def _synthesise(model: RoutingModel, lengths, meta: TraceMeta, seed: int) -> Trace:
+def _synthesise(model: RoutingModel, lengths, meta: TraceMeta, seed: int, *,
+                scores: bool = False) -> Trace:
+    """An in-memory synthetic trace of the given (prompt, decode) lengths (calibration,
+    validation); ``scores`` adds gate scores (drawn from the same seeded stream)."""
     P = np.array([p for p, _ in lengths], dtype=np.int64)
     D = np.array([d for _, d in lengths], dtype=np.int64)
-    parts = [ex for _c0, _c1, ex, _s, _p in sample_arrays(model, P, D, seed, scores=False)]
-    ex = np.concatenate(parts)
+    parts = list(sample_arrays(model, P, D, seed, scores=scores))
+    ex = np.concatenate([b[2] for b in parts])
+    sc = np.concatenate([b[3] for b in parts]) if scores else None
     rid = np.repeat(np.arange(P.size), P + D)
     tok = np.concatenate([np.arange(p + d) for p, d in zip(P, D)])
     ph = np.concatenate([(np.arange(p + d) >= p) for p, d in zip(P, D)]).astype(np.int8)
-    return make_trace(meta, rid, tok, ph, ex, validate=False)
+    return make_trace(meta, rid, tok, ph, ex, scores=sc, validate=False)
 
 
 def _loss(real: _Targets, sim: _Targets, phases) -> float:

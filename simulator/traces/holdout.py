@@ -90,10 +90,12 @@ def holdout_validation(trace: Trace, *, fraction: float = 0.3, seed: int = 0,
     about request starts: prompt templates, per-request topics)."""
     fit_part, held, how, tail = split_holdout(trace, fraction)
     model = fit_trace(fit_part, seed=seed, iterations=iterations, progress=progress)
+    sc = trace.scores is not None
     if tail is None:
-        syn = _synthesise(model, _lengths(held), held.meta, seed=seed + 1)
+        syn = _synthesise(model, _lengths(held), held.meta, seed=seed + 1, scores=sc)
     else:
-        syn = _renumbered(_synthesise(model, _lengths(trace), held.meta, seed=seed + 1)._take(tail))
+        syn = _renumbered(_synthesise(model, _lengths(trace), held.meta, seed=seed + 1,
+                                      scores=sc)._take(tail))
     vs_syn = compare(held, syn, names=("held-out", "synthetic"),
                      belady_max_lookups=belady_max_lookups)
     vs_fit = compare(held, fit_part, names=("held-out", "fit part"),

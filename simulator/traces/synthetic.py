@@ -408,7 +408,8 @@ def _check_rows(a: np.ndarray, shape, key: str) -> None:
 # ---------------------------------------------------------------------- sampling
 CHUNK_REQUESTS = 256          # requests generated together (vectorised over requests)
 CHUNK_ACCESSES = 1 << 22      # ... and at most this many token -> expert accesses per chunk
-WINDOW_ACCESSES = 1 << 23     # requests are generated window by window (bounded memory)
+WINDOW_ACCESSES = 1 << 22     # requests are generated window by window (bounded memory)
+WRITE_TOKENS = 8192           # tokens per Parquet write (bounds the Arrow conversion)
 
 
 def windows(lengths: np.ndarray, per_token: int = 1):
@@ -737,8 +738,12 @@ def generate(model: RoutingModel, path: str | Path, *, requests: int | None = No
             rid = np.repeat(np.arange(c0, c1), lens)
             tok = np.concatenate([np.arange(x) for x in lens])
             ph = np.concatenate([(np.arange(p + d) >= p) for p, d in zip(P[c0:c1], D[c0:c1])]).astype(np.int8)
-            w.write(rid, tok, ph, ex, sc, pr)
+            for a in range(0, rid.size, WRITE_TOKENS):
+                b = a + WRITE_TOKENS
+                w.write(rid[a:b], tok[a:b], ph[a:b], ex[a:b], None if sc is None else sc[a:b],
+                        None if pr is None else pr[a:b])
             tokens += int(lens.sum())
+            del ex, sc, pr
     return {"path": str(path), "requests": int(n), "tokens": tokens,
             "prefill_tokens": int(P.sum()), "decode_tokens": int(D.sum()),
             "accesses": tokens * L * k}
