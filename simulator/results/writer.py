@@ -15,8 +15,6 @@ half-written file behind.
 from __future__ import annotations
 
 import json
-import math
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import yaml
 
 from ..config.load import LoadedConfig
 from ..metrics.summary import RunResult
+from ..serialize import atomic_write, to_plain
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,12 +49,6 @@ def config_columns(loaded: LoadedConfig) -> dict[str, Any]:
     return cols
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _with_config(df: pd.DataFrame, cols: dict[str, Any]) -> pd.DataFrame:
     df = df.copy()
     for k, v in cols.items():
@@ -63,37 +56,31 @@ def _with_config(df: pd.DataFrame, cols: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
-def _json_number(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def write_results(result: RunResult, loaded: LoadedConfig, out_dir: str | Path, *,
                   extra: dict[str, Any] | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cols = config_columns(loaded)
-    summary = {k: _json_number(v) for k, v in result.summary.items()}
-    _atomic(out / "summary.json",
+    summary = to_plain(result.summary)
+    atomic_write(out / "summary.json",
             lambda p: p.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n"))
     row = pd.DataFrame([{**result.summary, **cols}])
-    _atomic(out / "summary.csv", lambda p: row.to_csv(p, index=False))
+    atomic_write(out / "summary.csv", lambda p: row.to_csv(p, index=False))
     req = _with_config(result.requests, cols)
-    _atomic(out / "requests.parquet", lambda p: req.to_parquet(p, index=False))
-    _atomic(out / "requests.csv", lambda p: req.to_csv(p, index=False))
-    _atomic(out / "layers.csv", lambda p: _with_config(result.layers, cols).to_csv(p, index=False))
+    atomic_write(out / "requests.parquet", lambda p: req.to_parquet(p, index=False))
+    atomic_write(out / "requests.csv", lambda p: req.to_csv(p, index=False))
+    atomic_write(out / "layers.csv", lambda p: _with_config(result.layers, cols).to_csv(p, index=False))
     if loaded.config.output.events:
         for name, df in (("steps", result.steps), ("transfers", result.transfers)):
             tab = _with_config(df, cols)
-            _atomic(out / f"{name}.parquet", lambda p, tab=tab: tab.to_parquet(p, index=False))
-    _atomic(out / "config.yaml",
+            atomic_write(out / f"{name}.parquet", lambda p, tab=tab: tab.to_parquet(p, index=False))
+    atomic_write(out / "config.yaml",
             lambda p: p.write_text(yaml.safe_dump(loaded.raw, sort_keys=False)))
-    _atomic(out / "hardware.yaml",
+    atomic_write(out / "hardware.yaml",
             lambda p: p.write_text(yaml.safe_dump(result.hardware, sort_keys=False, width=110)))
     from .. import __version__
     run = {"name": loaded.config.name, "config_hash": loaded.config_hash,
            "config_source": loaded.source, "moesim_version": __version__,
            "python": platform.python_version(), "notes": result.notes, **(extra or {})}
-    _atomic(out / "run.json", lambda p: p.write_text(json.dumps(run, indent=1, default=str) + "\n"))
+    atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(run, indent=1, default=str) + "\n"))
     return out

@@ -42,6 +42,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import MoesimError, TraceError
+from ..serialize import to_plain
 from . import stats
 from .schema import DECODE, PHASE_NAMES, Trace
 
@@ -314,7 +315,7 @@ def compare(a: Trace, b: Trace, *,
     if not phases:
         notes.append("no phase has tokens in both traces: nothing per phase is compared")
     out["notes"] = notes
-    return stats._jsonable(out)
+    return to_plain(out)
 
 
 # ====================================================================== text report

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import TraceError
+from ..serialize import atomic_write
 
 COUNTS_METADATA_KEY = b"moesim.counts"
 COUNTS_SCHEMA_VERSION = 1
@@ -196,12 +197,8 @@ def write_counts(counts: ExpertCounts, path: str | os.PathLike) -> Path:
         "expert_b": pa.array(cat["expert_b"].astype(np.int32)),
         "count": pa.array(cat["count"].astype(np.int64)),
     }, schema=schema)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    pq.write_table(table, str(tmp), compression="zstd")
-    os.replace(tmp, path)
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: pq.write_table(table, str(tmp), compression="zstd"))
 
 
 def read_counts(path: str | os.PathLike) -> ExpertCounts:

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import MoesimError
+from ..serialize import to_plain
 from .schema import DECODE, PHASE_NAMES, PREFILL, Trace
 
 # Reuse-distance bins are 1, 2, 3-4, 5-8, ..., (2^(m-1), 2^m], then "> 2^m" and "cold".
@@ -752,21 +753,6 @@ def cross_layer_dependence(counts: np.ndarray) -> float:
 
 
 # ====================================================================== 8. bundle + report
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    return x
-
-
 def trace_stats(trace: Trace, *, cache_fractions: Iterable[float] = DEFAULT_CACHE_FRACTIONS,
                 lru: bool = True, per_layer_lru: bool = False, top_n: int = 3,
                 max_log2: int = DEFAULT_REUSE_MAX_LOG2) -> dict[str, Any]:
@@ -837,7 +823,7 @@ def trace_stats(trace: Trace, *, cache_fractions: Iterable[float] = DEFAULT_CACH
         out["lru"] = lru_out
     else:
         out["lru"] = None
-    return _jsonable(out)
+    return to_plain(out)
 
 
 def _fmt_int(n) -> str:
@@ -895,8 +881,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     lay = stats["layers"]
     ov = stats["overlap"]
     out.append("")
-    out.append(f"per layer: top experts by share of accesses, Gini and normalised entropy of the "
-               f"shares,")
+    out.append("per layer: top experts by share of accesses, Gini and normalised entropy of the "
+               "shares,")
     out.append(f"  overlap = mean |S_t & S_t-1| / k of consecutive tokens "
                f"(random baseline k/E = {ov['baseline']:.3f})")
     n_top = len(lay["top_experts"][0]) if lay["top_experts"] else 0

@@ -49,6 +49,7 @@ import numpy as np
 import yaml
 
 from ..errors import ConfigError
+from ..serialize import atomic_write, to_plain
 from .io import TraceWriter
 from .schema import DECODE, PHASE_NAMES, PREFILL, TraceMeta
 
@@ -241,7 +242,7 @@ class RoutingModel:
             "moesim_routing_model": YAML_VERSION, "model": self.model,
             "num_layers": self.num_layers, "num_experts": self.num_experts,
             "top_k": self.top_k, "norm_topk": self.norm_topk, "source": self.source,
-            "notes": _plain(self.notes),
+            "notes": to_plain(self.notes, nonfinite_as_none=False),
         }
         if self.lengths is not None:
             out["lengths"] = {"prompt": [int(p) for p, _ in self.lengths],
@@ -277,14 +278,11 @@ class RoutingModel:
         return out
 
     def to_yaml(self, path: str | Path, **kw) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
         header = ("# moesim generative routing model (see simulator/traces/synthetic.py for its\n"
                   "# meaning). Edit freely: rows are renormalised on load.\n")
-        tmp.write_text(header + yaml.safe_dump(self.to_dict(**kw), sort_keys=False, width=100,
-                                               default_flow_style=None))
-        tmp.replace(path)
-        return path
+        text = header + yaml.safe_dump(self.to_dict(**kw), sort_keys=False, width=100,
+                                       default_flow_style=None)
+        return atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "<model>") -> "RoutingModel":
@@ -347,19 +345,6 @@ class RoutingModel:
         except yaml.YAMLError as exc:
             raise ConfigError(f"invalid YAML: {exc}", source=str(path)) from None
         return cls.from_dict(data, source=str(path))
-
-
-def _plain(x):
-    """numpy scalars/arrays -> plain Python for YAML."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
 
 
 ROW_SUM_TOLERANCE = 1e-3    # rows of probabilities may be off by rounding in YAML
@@ -727,7 +712,7 @@ def generate(model: RoutingModel, path: str | Path, *, requests: int | None = No
                             "requests": int(n), "prompt_len": prompt_len if prompt_len is not None
                             else "model lengths", "decode_len": decode_len if decode_len is not None
                             else "model lengths", "len_jitter": len_jitter,
-                            **{k: v for k, v in _plain(model.notes).items() if k == "knobs"}})
+                            **{k: v for k, v in to_plain(model.notes, nonfinite_as_none=False).items() if k == "knobs"}})
     L, k = model.num_layers, model.top_k
     tokens = 0
     with TraceWriter(path, meta, list(range(n)), arrival_s=arrivals, has_scores=scores,
