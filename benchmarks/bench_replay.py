@@ -64,7 +64,6 @@ def peak_rss_mb() -> float:
 
 def prepare(args, out: Path) -> str:
     """Write the benchmark trace as canonical Parquet; return a description."""
-    import numpy as np
     from simulator.traces.io import write_trace
     if args.trace == "synthetic" or (args.trace in REAL and not (SHARED / REAL[args.trace]).exists()):
         from simulator.traces.synthetic import RoutingModel, generate

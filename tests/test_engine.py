@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pytest
 
-from simulator import run
 from simulator.config.load import load_mapping
 from simulator.engine.simulation import Simulation
 from simulator.engine.stream import trace_stream

@@ -23,10 +23,8 @@ optimisation only: tests run both ways and compare.
 """
 from __future__ import annotations
 
-import math
 from array import array
 from collections import deque
-from typing import Any
 
 import numpy as np
 import simpy
@@ -41,7 +39,6 @@ from ..traces.schema import DECODE, PREFILL, Trace
 from .compute import ComputeModel
 from .context import SimContext
 from .flows import Flow, FlowNetwork
-from .stream import request_prefill_oids
 from .workload import Request, build_requests, closed_loop_concurrency
 
 DEMAND, PREFETCH = 0, 1
@@ -368,7 +365,7 @@ class Simulation:
 
     def _fetch_general(self, phase: int, missed, t: float, t_hit: float, inserted: bool):
         self.misses[phase] += len(missed)
-        home, sizes, cache = self.home, self._obj_bytes, self.cache
+        home, sizes = self.home, self._obj_bytes
         served = self.served[phase]
         devs = []
         msizes = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..traces.schema import DECODE, PREFILL
+from ..traces.schema import PREFILL
 
 
 def request_prefill_oids(ex_pre: np.ndarray, num_experts: int, slices: int = 1) -> list[np.ndarray]:

@@ -9,7 +9,7 @@ sources; users add models with ``model: {file: my_model.yaml}`` in a run config.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any

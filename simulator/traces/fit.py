@@ -346,7 +346,6 @@ def _loss(real: _Targets, sim: _Targets, phases) -> float:
 
 def _update(model: RoutingModel, real: _Targets, sim: _Targets, phases, eta: float) -> float:
     """One multiplicative step toward the targets; returns the current mismatch."""
-    L = model.num_layers
     nb = len(REUSE_BINS)
     err = 0.0
     for p in phases:
@@ -413,7 +412,6 @@ def fit_trace(trace: Trace, *, seed: int = 0, calibrate: bool = True, iterations
     present = [p for p in (PREFILL, DECODE) if counts[PHASE_NAMES[p]] > 0]
     notes: dict[str, Any] = {"fitted_from": trace.path, "tokens": dict(counts),
                              "requests": trace.num_requests(), "source_model": m.model}
-    pooled = _popularity(trace, None)
     phases: dict[str, PhaseModel] = {}
     for p in present:
         name = PHASE_NAMES[p]

@@ -13,7 +13,6 @@ from typing import Optional
 import numpy as np
 
 from ...config.strict import field
-from ...errors import ConfigError
 from ..base import PLACEMENT, PlacementPolicy
 
 

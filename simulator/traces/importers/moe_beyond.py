@@ -174,7 +174,7 @@ class MoeBeyond(Importer):
             except ValueError as exc:
                 raise TraceError(f"cannot read npz arrays: {exc}", source=src) from None
         T = experts.shape[0] if experts.ndim else 0
-        L, k, E = o.num_layers, o.top_k, o.num_experts
+        L, k = o.num_layers, o.top_k
         if experts.ndim != 3 or experts.shape[1:] != (L, k):
             raise TraceError(f"expected shape (tokens, {L}, {k}), got {experts.shape}",
                              source=src, field="experts")
@@ -193,7 +193,7 @@ class MoeBeyond(Importer):
             keep = np.isin(pid, np.fromiter(sel, np.int64)) & (source == 0)
             experts, pid, pos, source = experts[keep], pid[keep], pos[keep], source[keep]
             if not keep.any():
-                raise TraceError(f"none of the selected prompts is in the file", source=src,
+                raise TraceError("none of the selected prompts is in the file", source=src,
                                  field="prompt_id")
         rid = np.where(source == 1, pid + o.validation_offset, pid)
         # Rows sorted by (source, prompt, position) with positions 0..n-1 per prompt.
