@@ -70,13 +70,13 @@ def main() -> int:
                              f"{fmt.format(r['synthetic'])} / " +
                              ("-" if r["fit_part"] is None else fmt.format(r["fit_part"])))
             print("| " + " | ".join(cells) + " |")
-        extra = {r["statistic"].split(",")[0]: r for r in rows if r["phase"] == "all"}
-        dep = next((r for r in rows if r["statistic"].startswith("cross-layer dependence")), None)
-        js = extra.get("cross-layer transition JS divergence")
+        extra = {r["statistic"]: r for r in rows if r["phase"] == "all"}
+        dep = extra.get("cross-layer dependence (bits)")
+        js = extra.get("cross-layer transition JS divergence, mean")
         gate = extra.get("top-1 gate share histogram TVD")
         cross.append([name,
                       "-" if js is None else f"{js['synthetic']:.3f} / {js['fit_part']:.3f}",
-                      "-" if dep is None else f"{dep['statistic'].rsplit(' ', 1)[-1]} / "
+                      "-" if dep is None else f"{dep['held_out']:.3f} / "
                       f"{dep['synthetic']:.3f} / {dep['fit_part']:.3f}",
                       "-" if gate is None else f"{gate['synthetic']:.3f} / {gate['fit_part']:.3f}"])
     print()

@@ -110,8 +110,9 @@ def holdout_validation(trace: Trace, *, fraction: float = 0.3, seed: int = 0,
     if cl_s.get("available"):
         rows.append({"phase": "all", "statistic": "cross-layer transition JS divergence, mean",
                      "synthetic": cl_s["js_mean"], "fit_part": cl_f.get("js_mean")})
-        rows.append({"phase": "all", "statistic": "cross-layer dependence (bits), held-out "
-                     f"{cl_s['a']['dependence_bits']:.3f}", "synthetic": cl_s["b"]["dependence_bits"],
+        rows.append({"phase": "all", "statistic": "cross-layer dependence (bits)",
+                     "held_out": cl_s["a"]["dependence_bits"],
+                     "synthetic": cl_s["b"]["dependence_bits"],
                      "fit_part": cl_f["b"]["dependence_bits"]})
     g_s, g_f = vs_syn["gate"], vs_fit["gate"]
     if g_s.get("available"):
@@ -130,7 +131,8 @@ def format_holdout(res: dict[str, Any]) -> str:
              "", f"{'phase':<8} {'statistic':<48} {'synthetic':>10} {'fit part':>10}",
              "         (each vs the held-out part; smaller = closer)"]
     for r in res["rows"]:
-        lines.append(f"{r['phase']:<8} {r['statistic']:<48} {_fmt(r['synthetic']):>10} "
+        label = r["statistic"] + (f", held-out {_fmt(r['held_out'])}" if "held_out" in r else "")
+        lines.append(f"{r['phase']:<8} {label:<48} {_fmt(r['synthetic']):>10} "
                      f"{_fmt(r['fit_part']):>10}")
     return "\n".join(lines)
 
