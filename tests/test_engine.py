@@ -310,3 +310,23 @@ def test_rerouting_path_equals_a_pre_rerouted_trace(olmoe_trace, tmp_path):
         _, b = simulate(base_config(shifted, workload=wl))
         assert a.summary == pytest.approx(b.summary, nan_ok=True)
         assert a.transfers["object_id"].tolist() == b.transfers["object_id"].tolist()
+
+
+@pytest.mark.parametrize("cache", [{"name": "lru", "capacity_gb": 20 * EXPERT_BYTES / GB},
+                                   {"name": "none"}])
+def test_each_prefetch_is_used_at_most_once_and_bytes_balance(olmoe_trace, cache):
+    """A slow link makes prefetches late; a late prefetch is used by the lookup that waited
+    for it and must not land in the staging buffer for a second, free use. Every miss is
+    served by one transfer (demand or a useful prefetch), so the bytes moved are
+    (misses - useful + issued) experts."""
+    cfg = base_config(olmoe_trace, cache=cache, prefetch={"name": "oracle_next_layer"},
+                      workload={"batch_size": 2})
+    cfg["system"]["links"]["pcie"]["bw_gbytes_per_s"] = 50
+    _, res = simulate(cfg)
+    s = res.summary
+    assert s["prefetch.late"] > 0
+    assert 0 <= s["prefetch.useful"] <= s["prefetch.issued"]
+    assert s["prefetch.wasted"] >= 0 and s["prefetch.accuracy"] <= 1.0
+    misses = s["misses.prefill"] + s["misses.decode"]
+    expected = misses - s["prefetch.useful"] + s["prefetch.issued"]
+    assert res.transfers["bytes"].sum() == pytest.approx(expected * EXPERT_BYTES)

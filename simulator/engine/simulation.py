@@ -206,9 +206,10 @@ class Simulation:
         self.fetched_bytes[phase][dev] += f.size
         if self.log_events:
             self.transfers.add(f.start_at, f.done_at, f.size, 1, dev, phase, purpose, (oid,))
-        if purpose == PREFETCH:
+        if purpose == PREFETCH and self.inflight.get(oid) is f:
             # a prefetched expert lands in the staging buffer; it enters the cache on first
-            # use, as a demand fetch would have
+            # use, as a demand fetch would have. (A prefetch that a lookup already waited
+            # for, a late one, was used then and left ``inflight``: it is not staged again.)
             del self.inflight[oid]
             self.staged.add(oid)
             self.staged_bytes += f.size
@@ -298,8 +299,8 @@ class Simulation:
                 self.pf_useful += 1
                 self.served[phase][self.home[oid]] += 1
                 self._admit(oid, sizes[oid])
-            elif oid in inflight:               # late prefetch: wait for it
-                late.append((oid, c, inflight[oid]))
+            elif oid in inflight:               # late prefetch: wait for it (used now)
+                late.append((oid, c, inflight.pop(oid)))
                 self.pf_useful += 1
                 self.pf_late += 1
                 self.served[phase][self.home[oid]] += 1
