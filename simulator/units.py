@@ -28,6 +28,12 @@ PRECISION_BYTES = {
 }
 
 
+def gb_to_bytes(x: float) -> float:
+    """GB (10^9 bytes) -> whole bytes: a budget of 5 x 0.012582912 GB must hold 5 objects of
+    12,582,912 bytes, which the float product 0.06291456 * 1e9 falls just short of."""
+    return float(round(float(x) * GB))
+
+
 def gbytes_per_s(x: float) -> float:
     """GB/s (10^9 bytes per second) -> bytes per second."""
     return float(x) * GB

@@ -167,17 +167,18 @@ def test_belady_is_a_bound_on_lru_and_lfu(olmoe_trace):
     assert misses["belady"] <= min(misses["lru"], misses["lfu"])
 
 
-def test_static_frequency_pins_hottest_experts(olmoe_trace):
+@pytest.mark.parametrize("n_pinned", [100, 5, 21])   # 5 x and 21 x EXPERT_BYTES / GB * 1e9 round down
+def test_static_frequency_pins_hottest_experts(olmoe_trace, n_pinned):
     cfg = base_config(olmoe_trace, cache={"name": "none"},
-                      placement={"name": "static_frequency", "pinned_gb": 100 * EXPERT_BYTES / GB,
-                                 "tier": "dram"})
+                      placement={"name": "static_frequency",
+                                 "pinned_gb": n_pinned * EXPERT_BYTES / GB, "tier": "dram"})
     sim, res = simulate(cfg)
     tr = sim.trace
     counts = np.bincount((np.arange(LAYERS)[None, :, None] * E + tr.experts.astype(int)).ravel(),
                          minlength=LAYERS * E)
-    top = set(np.lexsort((np.arange(counts.size), -counts))[:100].tolist())
+    top = set(np.lexsort((np.arange(counts.size), -counts))[:n_pinned].tolist())
     assert set(np.flatnonzero(sim.ctx.pinned).tolist()) == top
-    assert res.summary["local.pinned_bytes"] == 100 * EXPERT_BYTES
+    assert res.summary["local.pinned_bytes"] == n_pinned * EXPERT_BYTES
     # every miss is an unpinned object
     assert not set(res.transfers["object_id"].tolist()) & top
 

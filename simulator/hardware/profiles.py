@@ -25,7 +25,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..resources import bundled_dir
-from ..units import GB, NS, PJ, BITS_PER_BYTE, TERA
+from ..units import GB, NS, PJ, BITS_PER_BYTE, TERA, gb_to_bytes
 
 # key -> (required, help text with unit). Converted to SI by _to_si below.
 MEMORY_KEYS: dict[str, tuple[bool, str]] = {
@@ -254,7 +254,7 @@ def memory_spec(p: Profile) -> MemorySpec:
     v = p.value
     return MemorySpec(
         profile=p.name,
-        capacity_bytes=v("capacity_gb") * GB,
+        capacity_bytes=gb_to_bytes(v("capacity_gb")),
         read_bw=v("read_bw_gbytes_per_s") * GB,
         write_bw=v("write_bw_gbytes_per_s") * GB,
         latency_s=v("latency_ns") * NS,

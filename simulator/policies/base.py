@@ -28,6 +28,7 @@ import numpy as np
 
 from ..config.strict import build, field
 from ..registry import Registry
+from ..units import gb_to_bytes
 
 if TYPE_CHECKING:
     from ..engine.context import SimContext
@@ -109,8 +110,7 @@ class CachePolicy(Policy):
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
-        # whole bytes: GB values like 3 x 0.352321536 must not lose an object to rounding
-        self.capacity_bytes = float(round(float(params.capacity_gb) * 1e9))
+        self.capacity_bytes = gb_to_bytes(params.capacity_gb)
         self.used_bytes = 0.0
 
     def access(self, oid: int) -> bool:

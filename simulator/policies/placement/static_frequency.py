@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ...config.strict import field
+from ...units import gb_to_bytes
 from ..base import PLACEMENT, PlacementPolicy
 
 
@@ -54,6 +55,6 @@ class StaticFrequency(PlacementPolicy):
         counts = self.frequencies()
         order = np.lexsort((np.arange(counts.size), -counts))
         sizes = ctx.object_bytes[order]
-        fits = np.cumsum(sizes) <= self.params.pinned_gb * 1e9
+        fits = np.cumsum(sizes) <= gb_to_bytes(self.params.pinned_gb)
         home[order[fits]] = ctx.system.local.index
         return home
