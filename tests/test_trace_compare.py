@@ -264,17 +264,22 @@ def test_decode_stack_distances_equal_those_of_the_flat_stream(traces):
     """compare() takes decode distances from the grouped token-major algorithm: they must be
     those of the canonical decode stream, lookup by lookup."""
     from simulator.engine.stream import trace_stream
-    from simulator.traces.compare import _phase_stream
-    from simulator.traces.stats import stack_distances_stream
+    from simulator.traces.stats import phase_stream, stack_distances_stream
 
     t = traces["base"]
-    stream, sd = _phase_stream(t, 1)
+    stream, sd = phase_stream(t, 1)
     assert np.array_equal(stream, _decode_stream(t))
     assert np.array_equal(stream, trace_stream(t._take(t.phase == 1)))
     assert np.array_equal(sd, stack_distances_stream(stream))
-    stream, sd = _phase_stream(t, 0)
+    stream, sd = phase_stream(t, 0)
     assert np.array_equal(stream, _prefill_stream(t))
     assert np.array_equal(sd, stack_distances_stream(stream))
+    for code in (0, 1):                     # a prefix (not at a token boundary)
+        full, _ = phase_stream(t, code)
+        m = full.size // 3 + 1
+        stream, sd = phase_stream(t, code, max_lookups=m)
+        assert np.array_equal(stream, full[:m])
+        assert np.array_equal(sd, stack_distances_stream(full[:m]))
 
 
 def test_belady_and_lru_around_the_working_set(traces):

@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import MoesimError, TraceError
 from ..serialize import to_plain
 from . import stats
-from .schema import DECODE, PHASE_NAMES, Trace
+from .schema import PHASE_NAMES, Trace
 
 DEFAULT_COMPARE_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_BELADY_MAX_LOOKUPS = 300_000
@@ -63,26 +63,6 @@ def _check_shapes(a: Trace, b: Trace, names) -> None:
             return f"{t.meta.num_layers} layers x {t.meta.num_experts} experts, top-{t.meta.top_k}"
         raise TraceError(f"cannot compare traces of different shapes ({', '.join(diff)} differ): "
                          f"{names[0]} has {shape(a)}, {names[1]} has {shape(b)}")
-
-
-def _phase_stream(trace: Trace, code: int) -> tuple[np.ndarray, np.ndarray]:
-    """Canonical lookup stream of the tokens of phase ``code`` only, and the LRU stack
-    distance of each of its lookups.
-
-    The decode stream is the token-major order of the decode tokens' experts (tokens in trace
-    order, layers 0..L-1, slots in order), so its distances come from the grouped
-    :func:`stats.stack_distances` (one bit set of E experts per layer: far faster than the flat
-    stream's L x E-object table, which for large L x E falls back to a Python Fenwick tree);
-    the prefill stream's variable-size groups go through :func:`stats.stack_distances_stream`.
-    """
-    from ..engine.stream import trace_stream
-    sub = trace._take(trace.phase == code)
-    stream = trace_stream(sub)
-    if code == DECODE:
-        sd = stats.stack_distances(sub, "token-major").reshape(-1)
-    else:
-        sd = stats.stack_distances_stream(stream)
-    return stream, sd
 
 
 def _belady_hits(stream: np.ndarray, sizes: Iterable[int]) -> list[int]:
@@ -275,7 +255,7 @@ def compare(a: Trace, b: Trace, *,
                 for d in (lru, bel, lookups, bel_lookups, trunc, lru_prefix):
                     d["b"] = d["a"]
                 continue
-            s, sd = _phase_stream(t, code)
+            s, sd = stats.phase_stream(t, code)
             n = int(s.size)
             lookups[key] = n
             lru[key] = stats.lru_hit_counts(sd, sizes) / max(n, 1)

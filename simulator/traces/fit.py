@@ -103,53 +103,56 @@ def _lengths(trace: Trace) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------- statistics
-def _reuse_fractions(trace: Trace, phase: int) -> np.ndarray:
-    """(L, 9): fractions of the phase's accesses at reuse distance 1, 2, 3-4, ..., 33-64,
-    > 64 tokens back (same request), and cold."""
-    r = stats.reuse_distances(trace, phase=phase, max_log2=6)
-    c = np.asarray(r["counts"], dtype=float)
-    return c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+REUSE_MAX_LOG2 = REUSE_BINS[-1][1].bit_length() - 1     # the model's last bin ends at 2^6
 
 
-def _distinct_per_request(trace: Trace, phase: int) -> np.ndarray:
-    """(L,): mean over requests (with >= 2 tokens of the phase) of the number of distinct
-    experts the request's tokens of that phase use at each layer; NaN if no such request."""
-    mask = trace.phase == phase
-    rid = trace.request_id[mask]
-    ex = trace.experts[mask].astype(np.int64)
-    if rid.size == 0:
-        return np.full(trace.meta.num_layers, np.nan)
-    E, L = trace.meta.num_experts, trace.meta.num_layers
-    _, req_idx, n_per = np.unique(rid, return_inverse=True, return_counts=True)
-    keep = n_per[req_idx] >= 2
-    if not keep.any():
-        return np.full(L, np.nan)
-    out = np.empty(L)
-    nreq = int((n_per >= 2).sum())
-    for l in range(L):
-        key = req_idx[keep][:, None] * E + ex[keep, l, :]
-        out[l] = np.unique(key).size / nreq
+def _reuse_fractions(trace: Trace, phases) -> dict[int, np.ndarray]:
+    """phase -> (L, len(REUSE_BINS) + 2): fractions of the phase's accesses at reuse distance
+    1, 2, 3-4, ..., 33-64, > 64 tokens back (same request), and cold (as
+    :func:`stats.reuse_distances`, with the previous uses found once for all phases)."""
+    counts = stats._reuse_counts(trace, stats._previous_use(trace.experts)[0], REUSE_MAX_LOG2)
+    out = {}
+    for p in phases:
+        c = counts[:, p].astype(float)
+        out[p] = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
     return out
 
 
-def _distinct_by_length(trace: Trace, phase: int) -> np.ndarray:
+def _distinct_counts(trace: Trace, phase: int) -> tuple[np.ndarray, np.ndarray]:
+    """(requests, L) number of distinct experts each request's tokens of ``phase`` use at each
+    layer, and (requests,) those tokens' counts (requests without such tokens omitted)."""
+    mask = trace.phase == phase
+    rid = trace.request_id[mask]
+    L, E = trace.meta.num_layers, trace.meta.num_experts
+    if rid.size == 0:
+        return np.zeros((0, L), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    ex = trace.experts[mask].astype(np.int64)
+    _, req, n_per = np.unique(rid, return_inverse=True, return_counts=True)
+    D = np.empty((n_per.size, L), dtype=np.int64)
+    for l in range(L):
+        key = np.unique(req[:, None] * E + ex[:, l, :])
+        D[:, l] = np.bincount(key // E, minlength=n_per.size)
+    return D, n_per
+
+
+def _distinct_per_request(D: np.ndarray, n_per: np.ndarray) -> np.ndarray:
+    """(L,): mean over requests (with >= 2 tokens of the phase) of the number of distinct
+    experts the request's tokens of that phase use at each layer; NaN if no such request."""
+    keep = n_per >= 2
+    if not keep.any():
+        return np.full(D.shape[1], np.nan)
+    return D[keep].sum(axis=0) / int(keep.sum())
+
+
+def _distinct_by_length(D: np.ndarray, n_per: np.ndarray) -> np.ndarray:
     """(LEN_BUCKETS,): mean over requests and layers of a request's distinct experts per
     layer, by the request's token count in the phase (buckets 2, 3-4, 5-8, ..., > 512);
     NaN where no request falls. The shape of this curve tells how concentrated long
     requests stay (per-request concentration kappa)."""
-    mask = trace.phase == phase
-    rid = trace.request_id[mask]
     out = np.full(LEN_BUCKETS, np.nan)
-    if rid.size == 0:
+    if n_per.size == 0:
         return out
-    ex = trace.experts[mask].astype(np.int64)
-    E, L = trace.meta.num_experts, trace.meta.num_layers
-    _, req, n_per = np.unique(rid, return_inverse=True, return_counts=True)
-    U = np.zeros(n_per.size)
-    for l in range(L):
-        key = np.unique(req[:, None] * E + ex[:, l, :])
-        U += np.bincount(key // E, minlength=n_per.size)
-    U /= L
+    U = D.sum(axis=1) / D.shape[1]
     bucket = np.minimum(np.ceil(np.log2(np.maximum(n_per, 2))).astype(int) - 1, LEN_BUCKETS - 1)
     for b in range(LEN_BUCKETS):
         sel = (bucket == b) & (n_per >= 2)
@@ -169,12 +172,9 @@ def lru_curve(trace: Trace, phase: int, fractions=LRU_FRACTIONS,
               max_accesses: int = LRU_MAX_ACCESSES) -> np.ndarray | None:
     """LRU hit rate of the phase's canonical stream (decode: token by token; prefill: layer
     by layer) at cache sizes = fractions x (L * E) objects; None if the phase is absent."""
-    from ..engine.stream import trace_stream
-    sub = trace._take(trace.phase == phase)
-    if sub.num_tokens == 0:
+    if not (trace.phase == phase).any():
         return None
-    st = trace_stream(sub)[:max_accesses]
-    sd = stats.stack_distances_stream(st)
+    st, sd = stats.phase_stream(trace, phase, max_accesses)
     n = trace.meta.num_layers * trace.meta.num_experts
     sizes = [max(1, int(round(f * n))) for f in fractions]
     return np.asarray(stats.lru_hit_counts(sd, sizes), dtype=float) / max(1, st.size)
@@ -192,7 +192,7 @@ class _Targets:
     reuse: dict[int, np.ndarray]        # phase -> (L, 9)
     distinct: dict[int, np.ndarray]     # phase -> (L,)
     by_length: dict[int, np.ndarray]    # phase -> (LEN_BUCKETS,)
-    mi: np.ndarray                      # (L-1,)
+    mi: np.ndarray | None               # (L-1,); None when not computed (stage 1)
     lru: dict[int, np.ndarray | None]   # phase -> hit rates at LRU_FRACTIONS
     shares: dict[int, np.ndarray]       # phase -> (L, E) selection shares
 
@@ -208,10 +208,12 @@ class _Targets:
                      for f in cls.FIELDS])
 
     @classmethod
-    def of(cls, trace: Trace, phases) -> "_Targets":
-        return cls({p: _reuse_fractions(trace, p) for p in phases},
-                   {p: _distinct_per_request(trace, p) for p in phases},
-                   {p: _distinct_by_length(trace, p) for p in phases}, _mi(trace),
+    def of(cls, trace: Trace, phases, *, mi: bool = True) -> "_Targets":
+        distinct = {p: _distinct_counts(trace, p) for p in phases}
+        return cls(_reuse_fractions(trace, phases),
+                   {p: _distinct_per_request(*distinct[p]) for p in phases},
+                   {p: _distinct_by_length(*distinct[p]) for p in phases},
+                   _mi(trace) if mi else None,
                    {p: lru_curve(trace, p) for p in phases},
                    {p: stats.popularity(trace, p) for p in phases})
 
@@ -445,21 +447,23 @@ def fit_trace(trace: Trace, *, seed: int = 0, calibrate: bool = True, iterations
         real = _Targets.of(sub, present)
         history = []
         # start reuse from the excess of real reuse over what chance alone gives (rho = 0)
-        base = _Targets.of(_synthesise(model, lengths, m, seed), present)
+        base_trace = _synthesise(model, lengths, m, seed)
+        base_reuse = _reuse_fractions(base_trace, present)
         nb = len(REUSE_BINS)
         for p in present:
             ph = model.phases[PHASE_NAMES[p]]
-            q = np.clip(real.reuse[p][:, :nb] - base.reuse[p][:, :nb], 0.0, None) * 1.1
+            q = np.clip(real.reuse[p][:, :nb] - base_reuse[p][:, :nb], 0.0, None) * 1.1
             tot = q.sum(axis=1)
             q = q * np.where(tot > 0.9, 0.9 / np.maximum(tot, 1e-12), 1.0)[:, None]
             tot = q.sum(axis=1)
             ph.stickiness = tot
             ph.reuse_bins = np.where(tot[:, None] > 0, q / np.maximum(tot[:, None], 1e-12),
                                      ph.reuse_bins)
-        def score(mdl):
-            # statistics averaged over a few syntheses: less noise in the score and steps
-            sim = _Targets.mean([_Targets.of(_synthesise(mdl, lengths, m, seed + j), present)
-                                 for j in range(seeds)])
+        def score(mdl, mi=False):
+            # statistics averaged over a few syntheses: less noise in the score and steps;
+            # the cross-layer MI only matters to stage 2
+            sim = _Targets.mean([_Targets.of(_synthesise(mdl, lengths, m, seed + j), present,
+                                             mi=mi) for j in range(seeds)])
             return sim, _loss(real, sim, present)
 
         # Stage 1: what shapes cache behaviour (reuse, repeat bias, kappa, coupling, shares).
@@ -492,7 +496,7 @@ def fit_trace(trace: Trace, *, seed: int = 0, calibrate: bool = True, iterations
                 cand = copy.deepcopy(model)
                 for ph in cand.phases.values():
                     ph.chain_weight = np.full(L, gamma)
-                sim, loss = score(cand)
+                sim, loss = score(cand, mi=True)
                 mi_steps.append((gamma, round(float(sim.mi.mean()), 4), round(loss, 4)))
                 if loss > best_loss * 1.10 + 0.02:
                     break

@@ -561,6 +561,33 @@ def stack_distances_stream(objects, *, max_table_words: int = 1 << 27) -> np.nda
     return _grouped_stack_distances(ids.reshape(-1, 1, 1), M).reshape(-1)
 
 
+def phase_stream(trace: Trace, code: int, max_lookups: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical lookup stream of the tokens of phase ``code`` only (its first
+    ``max_lookups``), and the LRU stack distance of each of its lookups.
+
+    The decode stream is the token-major order of the decode tokens' experts (tokens in trace
+    order, layers 0..L-1, slots in order), so its distances come from the grouped
+    :func:`stack_distances` (one bit set of E experts per layer: far faster than the flat
+    stream's L x E-object table, which for large L x E falls back to a Python Fenwick tree);
+    the prefill stream's variable-size groups go through :func:`stack_distances_stream`.
+    The distances of a prefix are those of the whole stream at its positions, so a decode
+    prefix is cut at whole tokens first and then trimmed.
+    """
+    from ..engine.stream import trace_stream
+    sub = trace._take(trace.phase == code)
+    per_token = trace.meta.num_layers * trace.meta.top_k
+    if code == DECODE:
+        if max_lookups is not None:
+            sub = sub._take(np.arange(sub.num_tokens) < -(-max_lookups // per_token))
+        stream = trace_stream(sub)[:max_lookups]
+        sd = stack_distances(sub, "token-major").reshape(-1)[:max_lookups]
+    else:
+        stream = trace_stream(sub)[:max_lookups]
+        sd = stack_distances_stream(stream)
+    return stream, sd
+
+
 def lru_hit_counts(stack_dist: np.ndarray, sizes: Iterable[int]) -> np.ndarray:
     """Hits of an LRU cache of each size (in objects): accesses with 0 <= stack distance < size."""
     sd = np.asarray(stack_dist).ravel()
