@@ -2,6 +2,7 @@
 honours its contract (summary.json keys are documented metrics; --set overrides any key)."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -153,8 +154,17 @@ def test_help_of_every_subcommand(capsys):
     top = capsys.readouterr().out
     for cmd in ("run", "trace", "profiles", "models", "policies", "metrics"):
         assert cmd in top
-    for argv in (["run"], ["trace"], ["trace", "stats"], ["trace", "synth"], ["trace", "import"],
-                 ["trace", "validate"], ["profiles"], ["models"], ["policies"], ["metrics"]):
+    def commands(p, prefix):
+        """Every command path of the parser tree (walked, so a new subcommand is covered)."""
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield prefix + [name]
+                    yield from commands(sub, prefix + [name])
+
+    argvs = list(commands(parser, []))
+    assert ["trace", "fit"] in argvs and ["trace", "holdout"] in argvs and len(argvs) >= 13
+    for argv in argvs:
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv + ["--help"])
         assert e.value.code == 0
@@ -175,6 +185,11 @@ def test_listings(capsys):
 
 
 def test_console_script_is_installed():
+    """The installed distribution declares `moesim = simulator.cli:main`, and it runs."""
+    from importlib.metadata import entry_points
+    eps = [ep for ep in entry_points(group="console_scripts") if ep.name == "moesim"]
+    assert len(eps) == 1 and eps[0].value == "simulator.cli:main"
+    assert eps[0].load() is main
     r = subprocess.run([sys.executable, "-m", "simulator.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("moesim ")
 

@@ -77,8 +77,10 @@ def test_synthetic_trace_fitted_on_real_one_matches_its_lru_curve(name):
     assert (syn.phase == tr.phase).all()
     for phase, pname in enumerate(PHASE_NAMES):
         a, b = lru_curve(tr, phase), lru_curve(syn, phase)
-        if a is None:
+        if not (tr.phase == phase).any():
+            assert a is None and b is None
             continue
+        assert a is not None and b is not None, pname
         gap = 100 * np.abs(a - b)
         assert gap.max() <= LRU_TOLERANCE_PP, (
             f"{name} {pname}: LRU gap {gap.round(1)} pp at sizes {LRU_FRACTIONS.round(1)}; "
