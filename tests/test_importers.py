@@ -684,3 +684,21 @@ def test_detect_format_unknown_file(tmp_path):
         detect_format(f)
     with pytest.raises(TraceError, match="no such file"):
         import_path(tmp_path / "absent.jsonl")
+
+
+@pytest.mark.parametrize("option, needle", [
+    ("num_layers=0", "--option.num_layers: must be >= 1, got 0"),
+    ("num_layers=abc", "--option.num_layers: must be a number"),
+    ("phase=train", "--option.phase: must be one of prefill, decode"),
+    ("batch=both", "--option.batch: must be one of auto, encoder, decoder"),
+    ("colour=red", "--option.colour: unknown key"),
+])
+def test_import_options_are_checked_with_one_line_errors(tmp_path, capsys, option, needle):
+    """--option values go through the same checks as config keys (type, min, choices)."""
+    from simulator.cli import main
+    enc = tmp_path / "Encoder_Batch_0-32"
+    for layer in range(2, 10):
+        _flame_csv(enc / f"Layer_{layer}" / f"m_layer{layer}_x.csv", _flame_scores(4, layer), layer)
+    code = main(["trace", "import", str(enc), "-o", str(tmp_path / "t.parquet"), "--option", option])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and needle in err[0], err

@@ -12,12 +12,14 @@ and the trace's ``meta.notes``.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_type_hints
 
-from ...errors import ConfigError, TraceError
+import yaml
+
+from ...config.strict import build
+from ...errors import TraceError
 from ...registry import Registry
 from ..schema import Trace
 
@@ -53,30 +55,20 @@ class Importer:
 
     @classmethod
     def parse_options(cls, raw: dict[str, str]) -> "Importer.Options":
-        """Build Options from ``--option key=value`` strings, converting to field types."""
-        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
-        kw: dict[str, Any] = {}
+        """Build Options from ``--option key=value`` strings: values of non-string options
+        are read as YAML scalars, then checked like any config (types, ``min``, ``choices``
+        declared on the fields) by :func:`simulator.config.strict.build`."""
+        hints = get_type_hints(cls.Options)
+        typed: dict[str, Any] = {}
         for key, value in raw.items():
-            f = fields.get(key)
-            if f is None:
-                raise ConfigError(f"format '{cls.registry_name}' has no option '{key}'; options: "
-                                  f"{', '.join(fields) or '(none)'}", key=f"--option {key}")
-            default = f.default
+            if hints.get(key, str) is str:
+                typed[key] = value
+                continue
             try:
-                if isinstance(default, bool):
-                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError(value)
-                    kw[key] = value.lower() in ("true", "1", "yes")
-                elif isinstance(default, int) and not isinstance(default, bool):
-                    kw[key] = int(value)
-                elif isinstance(default, float):
-                    kw[key] = float(value)
-                else:
-                    kw[key] = value
-            except ValueError:
-                raise ConfigError(f"cannot parse {value!r} as {type(default).__name__}",
-                                  key=f"--option {key}") from None
-        return cls.Options(**kw)
+                typed[key] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                typed[key] = value          # reported by build() as the wrong type
+        return build(cls.Options, typed, key="--option")
 
 
 def detect_format(path: str | Path) -> str:

@@ -77,13 +77,15 @@ class FlameCsv(Importer):
 
     @dataclass(frozen=True)
     class Options:
-        request_tokens: int = field(2048, help='encoder batch: tokens per request')
-        phase: str = field("prefill", help='phase label for every token (no generation happened)')
-        batch: str = field("auto", help='parent folder: auto (both) | encoder | decoder')
-        first_moe_layer: int = field(2, help='model layer of MoE layer 0')
-        num_layers: int = field(8, help='MoE layers in the files (FLAME-MoE-290M: 8)')
-        num_experts: int = field(64, help='routed experts per layer')
-        top_k: int = field(6, help='experts per token (non-zeros per row)')
+        request_tokens: int = field(2048, min=1, help='encoder batch: tokens per request')
+        phase: str = field("prefill", choices=("prefill", "decode"),
+                           help='phase label for every token (no generation happened)')
+        batch: str = field("auto", choices=("auto", "encoder", "decoder"),
+                           help='parent folder: auto (both) | encoder | decoder')
+        first_moe_layer: int = field(2, min=0, help='model layer of MoE layer 0')
+        num_layers: int = field(8, min=1, help='MoE layers in the files (FLAME-MoE-290M: 8)')
+        num_experts: int = field(64, min=1, help='routed experts per layer')
+        top_k: int = field(6, min=1, help='experts per token (non-zeros per row)')
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -183,14 +185,6 @@ class FlameCsv(Importer):
     @classmethod
     def run(cls, path: Path, options: "FlameCsv.Options") -> ImportResult:
         path, o = Path(path), options
-        if o.phase not in ("prefill", "decode"):
-            raise ConfigError(f"phase must be prefill or decode, got {o.phase!r}",
-                              key="--option phase")
-        if o.request_tokens < 1:
-            raise ConfigError("request_tokens must be >= 1", key="--option request_tokens")
-        if o.batch not in ("auto", "encoder", "decoder"):
-            raise ConfigError(f"batch must be auto, encoder or decoder, got {o.batch!r}",
-                              key="--option batch")
         kind = _kind(path)
         if kind is None:
             raise TraceError("not a FLAME CSV folder (no Layer_N/ or 1st..10th/Layer_N/ "

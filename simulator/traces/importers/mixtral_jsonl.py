@@ -71,9 +71,9 @@ class MixtralJsonl(Importer):
     @dataclass(frozen=True)
     class Options:
         gaps: str = field("auto", help='defect handling: decode files truncate|error, raw files fill-previous|drop-token|error; auto = truncate (decode) / fill-previous (raw)')
-        num_layers: int = field(32, help='MoE layers (Mixtral-8x7B: 32)')
-        num_experts: int = field(8, help='experts per layer')
-        top_k: int = field(2, help='experts per token')
+        num_layers: int = field(32, min=1, help='MoE layers (Mixtral-8x7B: 32)')
+        num_experts: int = field(8, min=1, help='experts per layer')
+        top_k: int = field(2, min=1, help='experts per token')
 
     @classmethod
     def detect(cls, path: Path) -> bool:

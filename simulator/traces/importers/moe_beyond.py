@@ -104,14 +104,17 @@ class MoeBeyond(Importer):
 
     @dataclass(frozen=True)
     class Options:
-        use: str = field("auto", help='folder input: auto (npz if present) | npz | csv')
-        max_prompts: int = field(0, help='CSV inputs: stop after this many prompt files (0 = all)')
+        use: str = field("auto", choices=("auto", "npz", "csv"),
+                         help='folder input: auto (npz if present) | npz | csv')
+        max_prompts: int = field(0, min=0,
+                                 help='CSV inputs: stop after this many prompt files (0 = all)')
         prompts: str = field("", help='only these prompt numbers, e.g. "1-5,42" (training ids)')
-        validation_offset: int = field(10000, help='request id of validation prompt n = offset + n')
-        first_moe_layer: int = field(1, help='model layer of MoE layer 0')
-        num_layers: int = field(26, help='MoE layers (DeepSeek-V2-Lite: 26)')
-        num_experts: int = field(64, help='routed experts per layer')
-        top_k: int = field(6, help='experts per token')
+        validation_offset: int = field(10000, min=1,
+                                       help='request id of validation prompt n = offset + n')
+        first_moe_layer: int = field(1, min=0, help='model layer of MoE layer 0')
+        num_layers: int = field(26, min=1, help='MoE layers (DeepSeek-V2-Lite: 26)')
+        num_experts: int = field(64, min=1, help='routed experts per layer')
+        top_k: int = field(6, min=1, help='experts per token')
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -137,8 +140,6 @@ class MoeBeyond(Importer):
     @classmethod
     def run(cls, path: Path, options: "MoeBeyond.Options") -> ImportResult:
         p, o = Path(path), options
-        if o.use not in ("auto", "npz", "csv"):
-            raise ConfigError(f"use must be auto, npz or csv, got {o.use!r}", key="--option use")
         sel = _parse_selection(o.prompts)
         if p.is_file() and p.suffix == ".npz":
             return cls._run_npz(p, o, sel)

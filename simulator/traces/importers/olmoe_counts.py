@@ -143,7 +143,8 @@ class OlmoeCounts(Importer):
     @dataclass(frozen=True)
     class Options:
         model: str = field("", help='olmoe | olmoe-sft | olmoe-dpo | mistral (required if several)')
-        use: str = field("auto", help='folder input: auto (pickles) | pickle | json')
+        use: str = field("auto", choices=("auto", "pickle", "json"),
+                         help='folder input: auto (pickles) | pickle | json')
 
     @classmethod
     def detect(cls, path: Path) -> bool:
@@ -163,9 +164,6 @@ class OlmoeCounts(Importer):
     @classmethod
     def run(cls, path: Path, options: "OlmoeCounts.Options") -> ImportResult:
         p, o = Path(path), options
-        if o.use not in ("auto", "pickle", "json"):
-            raise ConfigError(f"use must be auto, pickle or json, got {o.use!r}",
-                              key="--option use")
         if p.is_file() and p.suffix == ".pkl":
             raise TraceError("give the model folder (e.g. olmoe/) or the routing_output folder, "
                              "not a single pickle", source=str(p))
