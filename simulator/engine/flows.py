@@ -240,19 +240,47 @@ class FlowNetwork:
         """
         if not self.idle or at < self.t:
             return False
-        # Predict on a scratch copy first so that failure has no side effects.
-        end = self._predict_end(flows, at)
-        if end >= horizon:
-            return False
-        self.t = at
-        self._admit(flows, at)
-        done: list[Flow] = []
-        while not self.idle:
-            done += self._advance(self._next_change())
+        p0, l0 = flows[0].path, flows[0].latency
+        if all(f.path == p0 and f.latency == l0 and f.cap == math.inf for f in flows):
+            # every flow on one path with one latency and no caps (all misses of a layer from
+            # one tier): processor sharing, whose end is known in closed form
+            if at + l0 + sum(f.size for f in flows) / min(r.capacity for r in p0) >= horizon:
+                return False
+            self.t = at
+            self._admit(flows, at)
+            done = self._advance(math.inf)
+        else:
+            done = self._run_on_shadow(flows, at, horizon)
+            if done is None:
+                return False
         if self.on_complete:
             for f in done:
                 self.on_complete(f)
         return True
+
+    def _run_on_shadow(self, flows: list[Flow], at: float, horizon: float) -> list[Flow] | None:
+        """Run ``flows`` on copies of their resources (so that a run ending too late has no
+        side effects); if all finish before ``horizon``, carry the outcome over to the flows
+        and resources (bytes, busy time, clock) and return the flows in completion order."""
+        scratch = FlowNetwork.__new__(FlowNetwork)
+        scratch.t, scratch.pending, scratch.active = at, [], []
+        shadow: dict[Resource, Resource] = {}
+        clones = {}
+        for f in flows:
+            path = tuple(shadow.setdefault(r, Resource(r.name, r.capacity)) for r in f.path)
+            clones[Flow(f.size, path, f.latency, cap=f.cap, priority=f.priority)] = f
+        scratch._admit(list(clones), at)
+        done = scratch._advance(math.inf)
+        if max(g.done_at for g in clones) >= horizon:
+            return None
+        for g, f in clones.items():
+            f.start_at, f.activate_at, f.done_at = g.start_at, g.activate_at, g.done_at
+            f.remaining, f.rate = g.remaining, g.rate
+        for r, s in shadow.items():
+            r.bytes += s.bytes
+            r.busy_time += s.busy_time
+        self.t = scratch.t
+        return [clones[g] for g in done]
 
     def isolated_same_path(self, path: tuple[Resource, ...], latency: float, sizes: list[float],
                            at: float, horizon: float) -> list[float] | None:
@@ -308,26 +336,6 @@ class FlowNetwork:
             r.busy_time += busy
         self.t = end
         return end
-
-    @staticmethod
-    def _predict_end(flows: list[Flow], at: float) -> float:
-        # Common case: every flow on the same path with the same latency and no caps
-        # (all misses of a layer from one tier): processor sharing in closed form.
-        p0, l0 = flows[0].path, flows[0].latency
-        if all(f.path == p0 and f.latency == l0 and f.cap == math.inf for f in flows):
-            cap = min(r.capacity for r in p0)
-            return at + l0 + sum(f.size for f in flows) / cap
-        scratch = FlowNetwork.__new__(FlowNetwork)
-        scratch.t, scratch.pending, scratch.active = at, [], []
-        clones = []
-        shadow: dict[Resource, Resource] = {}
-        for f in flows:
-            path = tuple(shadow.setdefault(r, Resource(r.name, r.capacity)) for r in f.path)
-            g = Flow(f.size, path, f.latency, cap=f.cap)
-            clones.append(g)
-        scratch._admit(clones, at)
-        scratch._advance(math.inf)
-        return max(g.done_at for g in clones)
 
     # ------------------------------------------------------------------ event path
     def start(self, flows: list[Flow]) -> list[simpy.Event]:
