@@ -447,14 +447,17 @@ class Simulation:
         u, c = np.unique(o, return_counts=True)
         return u.tolist(), c.tolist()
 
-    def _iteration(self, phase: int, rows: np.ndarray, n_out: int, kv_read: float, lookups):
+    def _iteration(self, phase: int, rows: np.ndarray, n_out: int, kv_read: float, lookups,
+                   ctx_sum: float | None = None):
         """Run one iteration over trace ``rows`` starting at ``self.t``: dense layers and LM
         head, then per MoE layer attention and the MoE block over ``lookups(layer)`` =
-        (object ids, token counts or None). Returns the end time."""
+        (object ids, token counts or None). ``ctx_sum``: the rows' summed context lengths,
+        if the caller has them. Returns the end time."""
         compute, L = self.compute, self.ctx.num_layers
         t0 = self.t
         n = int(rows.size)
-        ctx_sum = self._contexts(rows)
+        if ctx_sum is None:
+            ctx_sum = self._contexts(rows)
         t = t0 + compute.dense_and_head(n, n_out, ctx_sum, kv_read, phase)
         t_full, t_lin = compute.attention(n, ctx_sum, kv_read, phase)
         (ff, fb), (lf, lb) = compute.attention_cost(n, ctx_sum, kv_read)
@@ -489,12 +492,13 @@ class Simulation:
         if self.routing.identity:
             L, E, S = self.ctx.num_layers, self.ctx.num_experts, self.ctx.slices_per_expert
             base = np.arange(L, dtype=np.int64)[None, :, None] * E
-            cnt = np.bincount((base + self.trace.experts[rows]).ravel(),
-                              minlength=L * E).reshape(L, E)
+            cnt = np.bincount((base + self.trace.experts[rows]).ravel(), minlength=L * E)
+            nz = np.flatnonzero(cnt)                 # (layer, expert) ids, ascending
+            oids, counts = (nz * S).tolist(), cnt[nz].tolist()
+            cut = np.searchsorted(nz, np.arange(L + 1) * E).tolist()
 
             def lookups(layer):
-                nz = np.flatnonzero(cnt[layer])
-                return ((nz + layer * E) * S).tolist(), cnt[layer, nz].tolist()
+                return oids[cut[layer]:cut[layer + 1]], counts[cut[layer]:cut[layer + 1]]
         else:
             lookups = lambda layer: self._route(PREFILL, layer, rows)
         t = yield from self._iteration(PREFILL, rows, len(batch), kv_read, lookups)
@@ -525,7 +529,8 @@ class Simulation:
                         cnt[o] = cnt.get(o, 0) + 1
                 oids = sorted(cnt)
                 return oids, [cnt[o] for o in oids]
-        t = yield from self._iteration(DECODE, rows, n, self._contexts(rows), lookups)
+        ctx_sum = self._contexts(rows)          # a decode token reads its whole context
+        t = yield from self._iteration(DECODE, rows, n, ctx_sum, lookups, ctx_sum)
         self.kv_tokens_live += n
         self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_tokens_live)
         for q in batch:

@@ -34,14 +34,14 @@ class LRU(CachePolicy):
     def insert(self, oid: int, size: float) -> list[int]:
         if size > self.capacity_bytes:
             return [oid]                    # cannot hold it at all: used once, not kept
-        d = self._d
+        d, cap, used = self._d, self.capacity_bytes, self.used_bytes
         evicted = []
-        while self.used_bytes + size > self.capacity_bytes:
+        while used + size > cap:
             victim, vsize = d.popitem(last=False)
-            self.used_bytes -= vsize
+            used -= vsize
             evicted.append(victim)
         d[oid] = size
-        self.used_bytes += size
+        self.used_bytes = used + size
         return evicted
 
     def remove(self, oid: int) -> bool:
