@@ -71,11 +71,11 @@ def simulate(cfg: dict, fast_path: bool = True):
     return sim, sim.run()
 
 
-def decode_time_all_resident(pos: int) -> float:
+def decode_time_all_resident(pos: int, kv_per_token_layer: float = KV_PER_TOKEN_LAYER) -> float:
     """Hand roofline of one batch-1 decode iteration of OLMoE at position ``pos``."""
     c = pos + 1                                             # context incl. the token itself
     att_fl = 2 * A + 2 * HEADS * (HD + HD) * c
-    att_by = A * P_BF16 + KV_PER_TOKEN_LAYER * (c + 1)      # read context, write own KV
+    att_by = A * P_BF16 + kv_per_token_layer * (c + 1)      # read context, write own KV
     moe_fl = 2 * PE * K + 2 * H * E                         # 8 experts + router
     moe_by = EXPERT_BYTES * K + H * E * P_BF16
     layer = max(att_fl / F, att_by / B_HBM) + max(moe_fl / F, moe_by / B_HBM)
@@ -96,6 +96,32 @@ def test_all_resident_tpot_equals_hand_roofline(olmoe_trace):
     assert res.summary["tpot_s.p99"] == pytest.approx(np.percentile(expected, 99), rel=1e-12)
     # roughly 1 ms per token for OLMoE on an H100-class GPU
     assert 2e-4 < res.summary["tpot_s.mean"] < 3e-3
+
+
+def test_kv_policy_sets_attention_bytes_and_footprint(olmoe_trace):
+    """The KV axis is live: ``local`` reports the hand-computed footprint, and a KV policy
+    that stores a quarter of the bytes (e.g. 4x compressed) changes the roofline's KV term
+    and the footprint exactly."""
+    from simulator.policies.base import KV
+    from simulator.policies.kv.local import LocalKV
+
+    if "test_quarter" not in KV:
+        @KV.register("test_quarter")
+        class QuarterKV(LocalKV):
+            def read_bytes_per_token_layer(self):
+                return super().read_bytes_per_token_layer() / 4
+
+            def footprint_bytes(self, tokens):
+                return super().footprint_bytes(tokens) / 4
+
+    base = base_config(olmoe_trace, placement={"name": "all_resident"}, cache={"name": "none"})
+    for name, kv in (("local", KV_PER_TOKEN_LAYER), ("test_quarter", KV_PER_TOKEN_LAYER / 4)):
+        sim, res = simulate({**base, "kv": {"name": name}})
+        tr = sim.trace
+        expected = [decode_time_all_resident(int(p), kv) for q in sim.requests
+                    for p in tr.token[q.start + q.n_prefill: q.start + q.n_prefill + q.n_decode]]
+        assert res.summary["tpot_s.mean"] == pytest.approx(np.mean(expected), rel=1e-12), name
+        assert res.summary["local.kv_peak_bytes"] == sim.kv_peak_tokens * LAYERS * kv, name
 
 
 def test_on_demand_decode_layer_is_closed_form(olmoe_trace):

@@ -31,7 +31,7 @@ from ..units import precision_bytes
 
 class ComputeModel:
     def __init__(self, model: ModelSpec, compute: ComputeSpec, local: MemorySpec,
-                 precision: str, kv_precision: str):
+                 precision: str, kv_bytes_per_token_layer: float):
         self.model = model
         self.P = precision_bytes(precision)
         self.F = compute.flops_for(precision)
@@ -44,7 +44,7 @@ class ComputeModel:
         self.Pd = float(m.dense_ffn_params)
         self.head_params = float(m.hidden * m.vocab)
         self.ctx_flops = m.attention_context_flops_per_token(1.0)
-        self.kv_bytes = m.kv_bytes_per_token_per_layer(kv_precision)
+        self.kv_bytes = float(kv_bytes_per_token_layer)   # from the KV policy
         every = m.attention.full_attention_every
         # which MoE layers are full-attention (hybrid models: the last of every group)
         self.full_attention = [((l + m.dense_layers) % every) == every - 1 or every == 1

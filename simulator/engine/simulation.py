@@ -118,7 +118,7 @@ class Simulation:
         self._check_capacities()
 
         self.compute = ComputeModel(model, self.system.compute, self.system.local.spec,
-                                    self.precision, cfg.model.kv_precision)
+                                    self.precision, self.kv.read_bytes_per_token_layer())
         self.env = simpy.Environment()
         self.net = FlowNetwork(self.env)
         self.net.on_complete = self._on_flow_done

@@ -154,7 +154,7 @@ def collect(sim: "Simulation") -> RunResult:
     s["memory_cost_usd"] = float(sum(costs.values()))
     for n, c in costs.items():
         s[f"memory_cost_usd.{n}"] = c
-    kv_peak = sim.kv_peak_tokens * sim.model.kv_bytes_per_token(sim.cfg.model.kv_precision)
+    kv_peak = sim.kv.footprint_bytes(sim.kv_peak_tokens)
     s["local.capacity_bytes"] = local.spec.capacity_bytes
     s["local.non_expert_bytes"] = sim.non_expert_bytes
     s["local.pinned_bytes"] = sim.pinned_bytes

@@ -175,7 +175,14 @@ class WarmupPolicy(Policy):
 class KVPolicy(Policy):
     """Where the KV cache lives and what attention reads cost.
 
-    Today the engine has one KV model, ``local``: KV lives in the compute unit's memory and
-    attention reads it there (the roofline's bytes term; its footprint is reported as
-    ``local.kv_peak_bytes``). Sharded, compressed or offloaded KV (PiKV) will add hooks here.
+    The engine asks it two things: how many bytes of compute-local memory attention reads
+    per cached token and full-attention layer (the roofline's KV bytes term), and how many
+    bytes the live KV of a number of tokens occupies there (``local.kv_peak_bytes``).
+    Sharded, compressed or offloaded KV (PiKV) will override these and add transfers.
     """
+
+    def read_bytes_per_token_layer(self) -> float:
+        raise NotImplementedError
+
+    def footprint_bytes(self, tokens: int) -> float:
+        raise NotImplementedError
