@@ -118,16 +118,10 @@ def child(parquet: str, cache_fraction: float, events: bool) -> dict:
 
     stream, starts = trace_stream(tr, groups=True)
     size = model.expert_bytes("bf16")
-    from simulator.peers import libcachesim_cache, replay_grouped
+    from simulator.peers import replay_flat, replay_grouped
     # speed: libCacheSim's own replay of the same lookups, driven from Python
-    cache = libcachesim_cache("lru", cap_objects * size)
-    req = lcs.Request()
-    req.obj_size = size
-    get = cache.get
     t0 = time.perf_counter()
-    for o in stream.tolist():
-        req.obj_id = o
-        get(req)
+    replay_flat("lru", stream, cap_objects * size, size)
     py_wall = time.perf_counter() - t0
     # agreement: libCacheSim driven with the engine's layer-grouped lookups (not timed)
     peer_hits, _ = replay_grouped("lru", stream, starts, cap_objects * size, size)

@@ -32,7 +32,6 @@ from ..units import precision_bytes
 class ComputeModel:
     def __init__(self, model: ModelSpec, compute: ComputeSpec, local: MemorySpec,
                  precision: str, kv_bytes_per_token_layer: float):
-        self.model = model
         self.P = precision_bytes(precision)
         self.F = compute.flops_for(precision)
         self.B = local.read_bw
@@ -54,7 +53,6 @@ class ComputeModel:
         self.n_dense_linear = m.dense_layers - n_dense_full
         self.flops = [0.0, 0.0]          # per phase
         self.local_bytes = [0.0, 0.0]    # weight + KV bytes read by compute, per phase
-        self._cache: dict = {}
 
     # ------------------------------------------------------------------ per iteration
     def attention(self, n: int, ctx_sum: float, kv_read_tokens: float, phase: int

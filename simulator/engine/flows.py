@@ -36,17 +36,13 @@ _TIME_TOL = 1e-12     # relative time resolution for completions (1 ps per secon
 class Resource:
     """A bandwidth-limited channel (a link direction or a device's read/write channel)."""
 
-    __slots__ = ("name", "capacity", "bytes", "busy_time", "_active", "_busy_since",
-                 "energy_j_per_byte", "group")
+    __slots__ = ("name", "capacity", "bytes", "busy_time", "_active", "_busy_since")
 
-    def __init__(self, name: str, capacity: float, energy_j_per_byte: float = 0.0,
-                 group: str = ""):
+    def __init__(self, name: str, capacity: float):
         if not capacity > 0:
             raise ValueError(f"resource {name}: capacity must be > 0, got {capacity}")
         self.name = name
         self.capacity = float(capacity)
-        self.energy_j_per_byte = energy_j_per_byte
-        self.group = group           # the device or link this channel belongs to
         self.bytes = 0.0             # bytes that crossed this resource
         self.busy_time = 0.0         # time with at least one flow moving bytes through it
         self._active = 0

@@ -131,7 +131,6 @@ class Simulation:
         # counters [phase]
         self.lookups = [0, 0]
         self.hits = [0, 0]
-        self.misses = [0, 0]
         self.accesses = [0, 0]            # token -> expert uses (n_tokens x k per layer)
         # plain lists, not numpy: they are bumped on the hot path
         self.layer_lookups = [[0] * L, [0] * L]
@@ -314,7 +313,6 @@ class Simulation:
         nl = len(oids)
         self.lookups[phase] += nl
         self.hits[phase] += hit_u
-        self.misses[phase] += nl - hit_u
         self.layer_lookups[phase][layer] += nl
         self.layer_hits[phase][layer] += hit_u
         t_hit = t + self.compute.moe(n, res_a, res_u, phase)
@@ -354,7 +352,6 @@ class Simulation:
             res, lat = self.paths[dev]
             end = self.net.isolated_uniform(res, lat, size, n, t, self.env.peek())
             if end is not None:
-                self.misses[phase] += n
                 self.served[phase][dev] += n
                 self.fetched_bytes[phase][dev] += n * size
                 if self.log_events:
@@ -365,7 +362,6 @@ class Simulation:
         return self._fetch_general(phase, missed, t, t_hit, inserted=False)
 
     def _fetch_general(self, phase: int, missed, t: float, t_hit: float, inserted: bool):
-        self.misses[phase] += len(missed)
         home, sizes = self.home, self._obj_bytes
         served = self.served[phase]
         devs = []

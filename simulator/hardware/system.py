@@ -101,8 +101,8 @@ def build_system(cfg: SystemConfig, *, source: str | None = None) -> System:
         spec = link_spec(lp)
         if spec.bw <= 0 or spec.reverse_bw <= 0:
             raise ConfigError("bandwidth must be > 0", source=source, key=f"{key}.bw_gbytes_per_s")
-        links[name] = Link(name, spec, lp, Resource(f"{name}:fwd", spec.bw, spec.j_per_byte, name),
-                           Resource(f"{name}:rev", spec.reverse_bw, spec.j_per_byte, name))
+        links[name] = Link(name, spec, lp, Resource(f"{name}:fwd", spec.bw),
+                           Resource(f"{name}:rev", spec.reverse_bw))
 
     if cfg.local_tier not in cfg.tiers:
         raise ConfigError(f"'{cfg.local_tier}' is not one of the tiers "
@@ -142,11 +142,11 @@ def build_system(cfg: SystemConfig, *, source: str | None = None) -> System:
                 path.append(links[ln])
             dname = tname if len(tc.devices) == 1 else f"{tname}.{i}"
             if spec.shared_bus:
-                bus = Resource(f"{dname}:bus", max(spec.read_bw, spec.write_bw), 0.0, dname)
+                bus = Resource(f"{dname}:bus", max(spec.read_bw, spec.write_bw))
                 rd = wr = bus
             else:
-                rd = Resource(f"{dname}:read", spec.read_bw, 0.0, dname)
-                wr = Resource(f"{dname}:write", spec.write_bw, 0.0, dname)
+                rd = Resource(f"{dname}:read", spec.read_bw)
+                wr = Resource(f"{dname}:write", spec.write_bw)
             dev = Device(len(devices), dname, tname, spec, mp, tuple(path), is_local, rd, wr)
             devices.append(dev)
             tiers.setdefault(tname, []).append(dev)

@@ -107,11 +107,6 @@ def definition_of(key: str) -> tuple[str, str, str] | None:
     return None
 
 
-def unit_of(key: str) -> str:
-    d = definition_of(key)
-    return d[1] if d else ""
-
-
 def markdown_table() -> str:
     """The metrics table of README.md (regenerate with ``python -m simulator.metrics.definitions``)."""
     rows = ["| metric | unit | definition |", "|---|---|---|"]

@@ -85,7 +85,7 @@ def collect(sim: "Simulation") -> RunResult:
         s[f"expert_accesses.{name}"] = sim.accesses[p]
         s[f"lookups.{name}"] = sim.lookups[p]
         s[f"hits.{name}"] = sim.hits[p]
-        s[f"misses.{name}"] = sim.misses[p]
+        s[f"misses.{name}"] = sim.lookups[p] - sim.hits[p]
         s[f"hit_rate.{name}"] = sim.hits[p] / sim.lookups[p] if sim.lookups[p] else float("nan")
         tot_l += sim.lookups[p]
         tot_h += sim.hits[p]

@@ -86,5 +86,3 @@ class LFU(CachePolicy):
     def resident(self):
         return list(self._freq)
 
-    def frequency(self, oid: int) -> int:
-        return self._freq.get(oid, 0)

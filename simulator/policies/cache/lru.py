@@ -54,10 +54,3 @@ class LRU(CachePolicy):
     def resident(self):
         return list(self._d)
 
-    def recency_order(self) -> list[int]:
-        """Objects from least to most recently used (warmup policies reorder through this)."""
-        return list(self._d)
-
-    def touch(self, oid: int) -> None:
-        """Make ``oid`` most recent without counting an access."""
-        self._d.move_to_end(oid)
