@@ -286,7 +286,7 @@ def _truncate_requests(trace: Trace, cap: int) -> Trace:
     ids, starts, ends = trace.request_bounds()
     if int((ends - starts).max()) <= cap:
         return trace
-    pos = np.arange(trace.num_tokens) - np.repeat(starts, ends - starts)
+    pos = trace.positions()
     return trace._take(pos < cap)
 
 

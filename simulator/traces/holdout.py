@@ -42,7 +42,7 @@ def split_holdout(trace: Trace, fraction: float = 0.3) -> tuple[Trace, Trace, st
         how = f"by request: first {n_fit} of {n} requests fit, last {n - n_fit} held out"
         tail = None
     else:
-        pos = np.arange(trace.num_tokens) - np.repeat(starts, ends - starts)
+        pos = trace.positions()
         cut = np.repeat(np.round((ends - starts) * (1 - fraction)).astype(np.int64), ends - starts)
         fit = trace._take(pos < cut)
         held = _renumbered(trace._take(pos >= cut))
@@ -58,9 +58,7 @@ def split_holdout(trace: Trace, fraction: float = 0.3) -> tuple[Trace, Trace, st
 
 def _renumbered(t: Trace) -> Trace:
     """Tokens of each request renumbered from 0 (a held-out tail is a request of its own)."""
-    _ids, starts, ends = t.request_bounds()
-    tok = np.arange(t.num_tokens) - np.repeat(starts, ends - starts)
-    return make_trace(t.meta, t.request_id, tok, t.phase, t.experts, scores=t.scores,
+    return make_trace(t.meta, t.request_id, t.positions(), t.phase, t.experts, scores=t.scores,
                       router_probs=t.router_probs, imputed=t.imputed, path=t.path,
                       validate=False)
 

@@ -115,6 +115,13 @@ class Trace:
         ends = np.concatenate((change, [rid.size])).astype(np.int64)
         return rid[starts].astype(np.int64), starts, ends
 
+    def positions(self) -> np.ndarray:
+        """(T,) int64: index of each token within its request's run of rows (0, 1, ...).
+        Equals ``token`` for a request recorded from its start; differs for a trace cut from
+        the middle of requests (``token`` keeps the recorded positions)."""
+        _ids, starts, ends = self.request_bounds()
+        return np.arange(self.num_tokens, dtype=np.int64) - np.repeat(starts, ends - starts)
+
     def num_requests(self) -> int:
         return int(self.request_bounds()[0].size)
 

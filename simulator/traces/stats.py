@@ -274,8 +274,7 @@ def _reuse_counts(trace: Trace, gap: np.ndarray, max_log2: int) -> np.ndarray:
     lut = lut[:, None] + np.array([0, nb], dtype=np.int32)   # (top+2, phase): phase offset
     # Requests are contiguous: the earlier use is in the same request iff gap <= position of
     # the token within its request's run of tokens.
-    _, starts, ends = trace.request_bounds()
-    pos = (np.arange(T) - np.repeat(starts, ends - starts)).astype(np.int32)[:, None]
+    pos = trace.positions().astype(np.int32)[:, None]
     ph = (trace.phase == DECODE).astype(np.intp)[:, None]
     counts = np.zeros((L, 2, nb), dtype=np.int64)
     for layer in range(L):
