@@ -1,7 +1,7 @@
 """``moesim`` command line. The only place that turns errors into messages and exit codes.
 
     moesim run [CONFIG] [-o DIR] [--set KEY=VALUE ...]     simulate (default: bundled config)
-    moesim trace stats|synth|import|validate ...           work with routing traces
+    moesim trace stats|validate|import|synth|fit|compare|holdout ...   routing traces
     moesim profiles list|show                              device profiles
     moesim models list|show                                MoE model specs
     moesim policies [AXIS]                                 registered policies and parameters
@@ -333,6 +333,7 @@ def cmd_metrics(a) -> int:
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .traces.compare import DEFAULT_BELADY_MAX_LOOKUPS
     p = argparse.ArgumentParser(prog="moesim", description="Trace-driven simulator of memory "
                                 "hierarchies for Mixture-of-Experts inference.")
     p.add_argument("--version", action="version", version=f"moesim {__version__}")
@@ -384,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("b", help="second trace (e.g. the synthetic one)")
     co.add_argument("--plot", help="write a figure (.png, .svg or .pdf)")
     co.add_argument("--json", action="store_true", help="machine-readable output")
-    co.add_argument("--belady-max-lookups", type=int, default=300_000,
+    co.add_argument("--belady-max-lookups", type=int, default=DEFAULT_BELADY_MAX_LOOKUPS,
                     help="replay Belady on at most this many lookups per stream")
     co.set_defaults(func=cmd_trace_compare)
     ho = tsub.add_parser("holdout", help="held-out validation of `trace fit` on a trace",

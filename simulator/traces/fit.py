@@ -48,8 +48,9 @@ import numpy as np
 
 from ..errors import TraceError
 from . import stats
+from .compare import DEFAULT_COMPARE_FRACTIONS
 from .schema import DECODE, PHASE_NAMES, PREFILL, Trace, TraceMeta, make_trace
-from .synthetic import (REUSE_BINS, GateModel, PhaseModel, RoutingModel, sample_arrays)
+from .synthetic import (CHAIN_BANK, REUSE_BINS, GateModel, PhaseModel, RoutingModel, sample_arrays)
 
 MIN_TOKENS = 16
 POP_PSEUDOCOUNT = 0.05       # per expert and layer
@@ -164,7 +165,7 @@ def _distinct_by_length(D: np.ndarray, n_per: np.ndarray) -> np.ndarray:
 LEN_BUCKETS = 10
 
 
-LRU_FRACTIONS = np.arange(0.1, 0.91, 0.1)
+LRU_FRACTIONS = np.array(DEFAULT_COMPARE_FRACTIONS)      # the sizes `trace compare` reports
 LRU_MAX_ACCESSES = 2_000_000
 
 
@@ -230,7 +231,6 @@ def _popularity(trace: Trace, phase: int | None) -> np.ndarray:
     return c / c.sum(axis=1, keepdims=True)
 
 
-CHAIN_BANK = 256
 
 
 def _chain_bank(trace: Trace, seed: int) -> np.ndarray | None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TraceError
-from .compare import compare
+from .compare import DEFAULT_BELADY_MAX_LOOKUPS, compare
 from .fit import MIN_TOKENS, _lengths, _synthesise, fit_trace
 from .schema import Trace, make_trace
 
@@ -78,7 +78,8 @@ def _stat_rows(res: dict[str, Any], phase: str) -> list[tuple[str, Any]]:
 
 
 def holdout_validation(trace: Trace, *, fraction: float = 0.3, seed: int = 0,
-                       iterations: int = 24, belady_max_lookups: int | None = 300_000,
+                       iterations: int = 24,
+                       belady_max_lookups: int | None = DEFAULT_BELADY_MAX_LOOKUPS,
                        progress=None) -> dict[str, Any]:
     """Fit on the fit part, synthesise with ``seed + 1``, compare on the held-out part.
 

@@ -165,11 +165,11 @@ class RoutingModel:
                                       gate=GateModel(kind="logits", sigma=gate_sigma))
         for ph in phases.values():
             ph.chain_weight = np.full(L, min(cross_layer, 0.99))
-        # a bank of 256 cross-layer patterns: chains of expert sets through transitions with
-        # Dirichlet rows (small concentration = peaky), mixed with the next layer's
+        # a bank of CHAIN_BANK cross-layer patterns: chains of expert sets through transitions
+        # with Dirichlet rows (small concentration = peaky), mixed with the next layer's
         # popularity so that the patterns keep every layer's marginal roughly right
-        bank = np.empty((256, L, top_k), dtype=np.int64)
-        bank[:, 0] = _gumbel_topk(rng, np.tile(np.log(pop[0]), (256, 1)), top_k)
+        bank = np.empty((CHAIN_BANK, L, top_k), dtype=np.int64)
+        bank[:, 0] = _gumbel_topk(rng, np.tile(np.log(pop[0]), (CHAIN_BANK, 1)), top_k)
         for l in range(L - 1):
             trans = (0.5 * rng.dirichlet(np.full(E, transition_concentration), size=E)
                      + 0.5 * pop[l + 1][None])
@@ -391,6 +391,7 @@ def _check_rows(a: np.ndarray, shape, key: str) -> None:
 
 
 # ---------------------------------------------------------------------- sampling
+CHAIN_BANK = 256              # cross-layer patterns in a model's bank (fitted or from knobs)
 CHUNK_REQUESTS = 256          # requests generated together (vectorised over requests)
 CHUNK_ACCESSES = 1 << 22      # ... and at most this many token -> expert accesses per chunk
 WINDOW_ACCESSES = 1 << 22     # requests are generated window by window (bounded memory)
