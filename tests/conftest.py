@@ -48,3 +48,23 @@ def real_trace(name: str):
         from simulator.traces.importers import import_path
         _IMPORTED[name] = import_path(path).trace
     return _IMPORTED[name]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run ``moesim ARGV`` in-process; (exit code, stdout, stderr)."""
+    from simulator.cli import main
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(capsys, argv, *needles):
+    """The command fails with exactly one ``moesim: error: ...`` line containing ``needles``."""
+    code, out, err = run_cli(capsys, *argv)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("moesim: error: ")
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]

@@ -18,22 +18,7 @@ from simulator.cli import build_parser, main
 from simulator.metrics.definitions import definition_of
 from simulator.resources import default_config_path, default_trace_path
 
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(capsys, argv, *needles):
-    code, out, err = run_cli(capsys, *argv)
-    assert code != 0
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("moesim: error: ")
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
+from conftest import assert_one_line_error, run_cli
 
 
 # ---------------------------------------------------------------------------- bad traces

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import REAL_TRACE_SOURCES, real_trace, shared_traces_dir
+from conftest import REAL_TRACE_SOURCES, assert_one_line_error, real_trace, shared_traces_dir
 from simulator.cli import main
 from simulator.errors import MoesimError
 from simulator.traces.fit import LRU_FRACTIONS, fit_trace, lru_curve
@@ -136,35 +136,27 @@ def test_fit_from_aggregate_counts_says_what_is_missing(tmp_path, capsys):
     generate(m, tmp_path / "x.parquet", requests=2, prompt_len=8, decode_len=8)
 
 
-def _one_line_error(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and err[0].startswith("moesim: error:"), err
-    for n in needles:
-        assert n in err[0], (n, err[0])
-
-
 def test_fit_and_synth_errors_are_one_line(tmp_path, capsys):
     tr = read_trace(_default())
     short = tr.select_requests([0])._take(np.arange(tr.select_requests([0]).num_tokens) < 5)
     write_trace(short, tmp_path / "short.parquet")
-    _one_line_error(capsys, ["trace", "fit", str(tmp_path / "short.parquet"), "-o", str(tmp_path / "m.yaml")],
+    assert_one_line_error(capsys, ["trace", "fit", str(tmp_path / "short.parquet"), "-o", str(tmp_path / "m.yaml")],
                     "short.parquet", "5 tokens", "at least 16")
     bad = tmp_path / "trunc.parquet"
     bad.write_bytes(_default().read_bytes()[:5000])
-    _one_line_error(capsys, ["trace", "fit", str(bad), "-o", str(tmp_path / "m.yaml")], "truncated")
+    assert_one_line_error(capsys, ["trace", "fit", str(bad), "-o", str(tmp_path / "m.yaml")], "truncated")
     (tmp_path / "bad.yaml").write_text("moesim_routing_model: 1\nnum_layers: 2\n")
-    _one_line_error(capsys, ["trace", "synth", "--from", str(tmp_path / "bad.yaml"), "-o",
+    assert_one_line_error(capsys, ["trace", "synth", "--from", str(tmp_path / "bad.yaml"), "-o",
                              str(tmp_path / "x.parquet")], "bad.yaml", "malformed")
     (tmp_path / "other.yaml").write_text("hello: 1\n")
-    _one_line_error(capsys, ["trace", "synth", "--from", str(tmp_path / "other.yaml"), "-o",
+    assert_one_line_error(capsys, ["trace", "synth", "--from", str(tmp_path / "other.yaml"), "-o",
                              str(tmp_path / "x.parquet")], "not a moesim routing model")
     m = fit_trace(tr, calibrate=False)
     d = m.to_dict()
     d["phases"]["decode"]["layers"][0]["stickiness"] = 1.5
     import yaml
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(d))
-    _one_line_error(capsys, ["trace", "synth", "--from", str(tmp_path / "edited.yaml"), "-o",
+    assert_one_line_error(capsys, ["trace", "synth", "--from", str(tmp_path / "edited.yaml"), "-o",
                              str(tmp_path / "x.parquet")], "stickiness")
 
 

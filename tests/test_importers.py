@@ -695,10 +695,9 @@ def test_detect_format_unknown_file(tmp_path):
 ])
 def test_import_options_are_checked_with_one_line_errors(tmp_path, capsys, option, needle):
     """--option values go through the same checks as config keys (type, min, choices)."""
-    from simulator.cli import main
+    from conftest import assert_one_line_error
     enc = tmp_path / "Encoder_Batch_0-32"
     for layer in range(2, 10):
         _flame_csv(enc / f"Layer_{layer}" / f"m_layer{layer}_x.csv", _flame_scores(4, layer), layer)
-    code = main(["trace", "import", str(enc), "-o", str(tmp_path / "t.parquet"), "--option", option])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and needle in err[0], err
+    assert_one_line_error(capsys, ["trace", "import", str(enc), "-o", str(tmp_path / "t.parquet"),
+                                   "--option", option], needle)
