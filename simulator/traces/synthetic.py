@@ -277,10 +277,10 @@ class RoutingModel:
             for pos, bank in enumerate(self.prefix)]
         return out
 
-    def to_yaml(self, path: str | Path, **kw) -> Path:
+    def to_yaml(self, path: str | Path) -> Path:
         header = ("# moesim generative routing model (see simulator/traces/synthetic.py for its\n"
                   "# meaning). Edit freely: rows are renormalised on load.\n")
-        text = header + yaml.safe_dump(self.to_dict(**kw), sort_keys=False, width=100,
+        text = header + yaml.safe_dump(self.to_dict(), sort_keys=False, width=100,
                                        default_flow_style=None)
         return atomic_write(path, lambda tmp: tmp.write_text(text))
 

@@ -227,9 +227,9 @@ class FlameCsv(Importer):
                                f"phase={o.phase}"),
             "layers": (f"model layers {o.first_moe_layer}..{o.first_moe_layer + o.num_layers - 1}"
                        f" -> MoE layers 0..{o.num_layers - 1}"),
-            "scores": ("router softmax over all 64 experts of the 6 chosen (not renormalised); "
-                       "experts sorted by descending score, ties by expert id"),
-            "router_probs": "absent (only the top-6 scores are in the files)",
+            "scores": (f"router softmax over all {o.num_experts} experts of the {o.top_k} chosen "
+                       "(not renormalised); experts sorted by descending score, ties by expert id"),
+            "router_probs": f"absent (only the top-{o.top_k} scores are in the files)",
             "shared_experts": "2 always-on shared experts are not logged",
         }
         ph_code = PREFILL if o.phase == "prefill" else DECODE

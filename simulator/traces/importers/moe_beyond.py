@@ -207,7 +207,7 @@ class MoeBeyond(Importer):
             raise TraceError(f"token_pos {int(pos[i])}, expected {int(expect_pos[i])} (rows must "
                              "be sorted by source, prompt, position from 0)", source=src, row=i,
                              field="token_pos")
-        report, notes = cls._summary(source, pid)
+        report, notes = cls._summary(source, pid, o)
         notes["input"] = f.name
         notes["npz"] = ("numpy re-encoding of the upstream CSVs made for moesim's shared data "
                         "(not upstream data)")
@@ -221,7 +221,7 @@ class MoeBeyond(Importer):
         return ImportResult(trace=trace, report=report)
 
     @staticmethod
-    def _summary(source, pid):
+    def _summary(source, pid, o):
         ids_tr = np.unique(pid[source == 0])
         ids_va = np.unique(pid[source == 1])
         report: dict = {"prompts_found": int(ids_tr.size + ids_va.size),
@@ -239,7 +239,9 @@ class MoeBeyond(Importer):
                              "generation): every token is prefill"),
             "expert_order": ("unordered: DeepSeek's remote-code gate uses topk(sorted=False); "
                              "gate weights were not written, so there are no scores"),
-            "layers": "model layers 1..26 (layer 0 is dense) -> MoE layers 0..25",
+            "layers": (f"model layers {o.first_moe_layer}..{o.first_moe_layer + o.num_layers - 1}"
+                       f" (layers before {o.first_moe_layer} are dense) -> MoE layers "
+                       f"0..{o.num_layers - 1}"),
             "request_ids": "prompt number; validation prompt n -> validation_offset + n",
             "prompts_missing": report["prompts_missing"],
             "quantisation": "model loaded with bitsandbytes load_in_8bit",
@@ -440,7 +442,7 @@ class MoeBeyond(Importer):
         rid = np.where(source == 1, pid + o.validation_offset, pid)
         pos = np.concatenate([np.arange(n) for n in lens])
         limited = bool(o.max_prompts) or sel is not None
-        report_s, notes = cls._summary(source, pid)
+        report_s, notes = cls._summary(source, pid, o)
         if limited:
             report_s["prompts_missing"] = "not computed (a selection or max_prompts was given)"
             if sel is not None and not o.max_prompts:

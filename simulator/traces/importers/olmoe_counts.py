@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConfigError, TraceError
+from ...models.spec import get_model
 from ..counts import ExpertCounts
 from ...config.strict import field
 from . import IMPORTERS, Importer, ImportResult
@@ -284,7 +285,7 @@ class OlmoeCounts(Importer):
             if not d.is_dir():
                 continue
             for f in sorted(d.glob("*.pkl")):
-                n = 2 if kind.startswith("crosslayer") else 3
+                n = len(LAYER_PAIRS) if kind.startswith("crosslayer") else len(MODEL_LAYERS)
                 arr = _to_array(load_pickle(f), kind, None, str(f), n)
                 fams.setdefault(kind, {})[f.stem] = arr
                 files += 1
@@ -293,8 +294,8 @@ class OlmoeCounts(Importer):
         widths = [a.shape[-1] for fam in fams.values() for a in fam.values()]
         if widths:
             E = max(widths)
-            known = {"olmoe": 64, "olmoe-sft": 64, "olmoe-dpo": 64, "mistral": 8}.get(folder.name)
-            E = max(E, known or 0)
+            if folder.name in MODELS:      # the catalog knows the model's expert count
+                E = max(E, get_model(MODELS[folder.name][0]).num_experts)
             for fam in fams.values():
                 for dom, a in list(fam.items()):
                     if a.shape[-1] < E:
@@ -331,7 +332,7 @@ class OlmoeCounts(Importer):
                     raise TraceError("not a rectangular integer array", source=src,
                                      field=f"{name}.{fam_name}.{dom}") from None
                 want_nd = 3 if kind.startswith("crosslayer") else 2
-                n = 2 if want_nd == 3 else 3
+                n = len(LAYER_PAIRS) if want_nd == 3 else len(MODEL_LAYERS)
                 if arr.ndim != want_nd or arr.shape[0] != n:
                     raise TraceError(f"shape {arr.shape}, expected ({n}, E{', E' if want_nd == 3 else ''})",
                                      source=src, field=f"{name}.{fam_name}.{dom}")
