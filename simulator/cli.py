@@ -19,6 +19,8 @@ from pathlib import Path
 from .errors import MoesimError
 
 EXIT_USER_ERROR = 2
+# moesim sweep / plot / mrc live in their own packages (simulator/<group>/cli.py).
+COMMAND_GROUPS = ("sweeps", "plots", "mrc")
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -465,6 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     me = sub.add_parser("metrics", help="list every reported metric with unit and formula")
     me.set_defaults(func=cmd_metrics)
+    # Command groups with their own modules (each exposes add_parser(subparsers)).
+    import importlib
+    for group in COMMAND_GROUPS:
+        try:
+            mod = importlib.import_module(f".{group}.cli", __package__)
+        except ModuleNotFoundError as exc:       # TEMPORARY while the groups are being written
+            if exc.name not in (f"{__package__}.{group}", f"{__package__}.{group}.cli"):
+                raise
+            continue
+        mod.add_parser(sub)
     return p
 
 
