@@ -539,7 +539,8 @@ class Simulation:
         self.phase_time[phase] += t - t0
         self.iterations[phase] += 1
         if self.log_events:
-            self.steps.append((self.iterations[0] + self.iterations[1] - 1, phase, t0, t, n))
+            self.steps.append((self.iterations[0] + self.iterations[1] - 1, phase, t0, t, n,
+                               self.cache.used_bytes))
         self.t = t
         self.placement.on_iteration_end(t)
 

@@ -70,6 +70,10 @@ METRICS: list[tuple[str, str, str]] = [
     ("cache.peak_bytes", "B", "largest occupancy of the expert cache (never above capacity)"),
     ("cache.insertions", "count", "objects admitted to the cache"),
     ("cache.evictions", "count", "objects evicted from the cache"),
+    # placement
+    ("placement.experts.<device>", "count", "experts homed on the device at the end of the run "
+                                            "(an expert split into slices counts 1/slices per slice)"),
+    ("placement.bytes.<device>", "B", "expert bytes homed on the device at the end of the run"),
     # prefetch
     ("prefetch.issued", "count", "background fetches started by the prefetch policy"),
     ("prefetch.useful", "count", "prefetched objects later looked up (timely or late)"),

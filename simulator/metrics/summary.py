@@ -165,6 +165,15 @@ def collect(sim: "Simulation") -> RunResult:
     s["cache.peak_bytes"] = sim.peak_cache_bytes
     s["cache.insertions"] = sim.insertions
     s["cache.evictions"] = sim.evictions
+    # ------------------------------------------------------------ placement (home of each expert)
+    homed = np.bincount(sim.home, minlength=len(devs))
+    homed_bytes = np.bincount(sim.home, weights=sim.ctx.object_bytes, minlength=len(devs))
+    S = sim.ctx.slices_per_expert
+    for d in devs:
+        n = int(homed[d.index])
+        s[f"placement.experts.{d.name}"] = n // S if n % S == 0 else n / S
+    for d in devs:
+        s[f"placement.bytes.{d.name}"] = float(homed_bytes[d.index])
     # ------------------------------------------------------------ prefetch
     misses = s["misses.prefill"] + s["misses.decode"]
     s["prefetch.issued"] = sim.pf_issued
@@ -191,7 +200,9 @@ def collect(sim: "Simulation") -> RunResult:
 
     # ------------------------------------------------------------ tables
     requests = pd.DataFrame(req_rows)
-    steps = pd.DataFrame(sim.steps, columns=["iteration", "phase", "start_s", "end_s", "tokens"])
+    # cache_bytes: expert-cache occupancy when the iteration ended
+    steps = pd.DataFrame(sim.steps, columns=["iteration", "phase", "start_s", "end_s", "tokens",
+                                             "cache_bytes"])
     if len(steps):
         steps["phase"] = steps["phase"].map(dict(enumerate(PHASE_NAMES)))
     names = [d.name for d in devs]
