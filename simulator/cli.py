@@ -19,6 +19,7 @@ from pathlib import Path
 from .errors import MoesimError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 2      # an unexpected exception (see main); same code, its own message
 # moesim sweep / plot / mrc live in their own packages (simulator/<group>/cli.py).
 COMMAND_GROUPS = ("sweeps", "plots", "mrc")
 
@@ -339,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moesim", description="Trace-driven simulator of memory "
                                 "hierarchies for Mixture-of-Experts inference.")
     p.add_argument("--version", action="version", version=f"moesim {__version__}")
+    p.add_argument("--debug", action="store_true", help="on an error, also print the Python "
+                   "traceback (same as MOESIM_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     r = sub.add_parser("run", help="simulate a run config and write a results folder",
@@ -480,19 +483,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_name(args) -> str:
+    """'trace fit' etc.: the command and its subcommand (any ``*_command`` dest)."""
+    parts = [args.command] + [v for k, v in vars(args).items()
+                              if k.endswith("_command") and isinstance(v, str)]
+    return " ".join(p for p in parts if p)
+
+
+def _one_line(text: str) -> str:
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A MoesimError (bad input) is one ``moesim: error:`` line; any other
+    exception is a bug or an input nothing checked, reported as one line ``moesim: error:
+    COMMAND: internal error: Type: message`` -- both exit 2. ``--debug`` (or
+    MOESIM_DEBUG=1) also prints the traceback."""
+    import os
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("MOESIM_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
     except MoesimError as exc:
-        print(f"moesim: error: {exc}", file=sys.stderr)
+        if debug:
+            import traceback
+            traceback.print_exc()
+        print(f"moesim: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("moesim: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # noqa: BLE001 -- the backstop: never a bare traceback
+        if debug:
+            import traceback
+            traceback.print_exc()
+        print(f"moesim: error: {_command_name(args)}: internal error: {type(exc).__name__}: "
+              f"{_one_line(exc)}" + ("" if debug else " (rerun with --debug for the traceback)"),
+              file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":
