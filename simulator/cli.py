@@ -88,11 +88,13 @@ def cmd_run(a) -> int:
     if a.trace:
         sets.append(f"trace={Path(a.trace).resolve()}")
     loaded = load_config(a.config, sets)
+    from .outputs import check_output_dir
+    out = check_output_dir(a.output if a.output else Path("results") / loaded.config.name,
+                           "-o" if a.output else "results folder")
     t0 = time.perf_counter()
     sim = Simulation(loaded)
     result = sim.run()
     wall = time.perf_counter() - t0
-    out = Path(a.output) if a.output else Path("results") / loaded.config.name
     write_results(result, loaded, out, extra={"wall_s": wall, "trace": str(sim.trace.path),
                                                "model": sim.model.name, "precision": sim.precision})
     if a.json:
@@ -145,6 +147,8 @@ def _synth_model(a):
 
 def cmd_trace_synth(a) -> int:
     from .traces.synthetic import RoutingModel, generate
+    from .outputs import check_output_file
+    check_output_file(a.output, "-o")
     if a.from_model:
         model = RoutingModel.from_yaml(a.from_model)
         requests, prompt_len, decode_len = a.requests, a.prompt_len, a.decode_len
@@ -167,6 +171,8 @@ def cmd_trace_fit(a) -> int:
     from .traces.io import read_trace, read_trace_meta
     from .traces.counts import read_counts
     from .errors import TraceError
+    from .outputs import check_output_file
+    check_output_file(a.output, "-o")
     src = Path(a.file)
     try:
         read_trace_meta(src)
@@ -200,6 +206,10 @@ def cmd_trace_fit(a) -> int:
 def cmd_trace_compare(a) -> int:
     from .traces.compare import compare, format_compare, plot_compare
     from .traces.io import read_trace
+    from .traces.compare import _PLOT_FORMATS
+    from .outputs import check_output_file
+    if a.plot:
+        check_output_file(a.plot, "--plot", suffixes=tuple(f".{f}" for f in _PLOT_FORMATS))
     ta, tb = read_trace(a.a), read_trace(a.b)
     names = (Path(a.a).stem, Path(a.b).stem)
     res = compare(ta, tb, names=names, belady_max_lookups=a.belady_max_lookups)
@@ -246,6 +256,8 @@ def cmd_trace_import(a) -> int:
             raise MoesimError(f"--option expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         opts[k.strip()] = v
+    from .outputs import check_output_file
+    check_output_file(a.output, "-o")
     res = import_path(a.source, a.format, opts)
     if res.trace is not None:
         write_trace(res.trace, a.output)

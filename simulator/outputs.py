@@ -41,14 +41,19 @@ def _check_creatable(path: Path, what: str) -> None:
     os.unlink(probe)
 
 
-def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+def check_output_file(path: str | os.PathLike, what: str = "output file", *,
+                      suffixes: tuple[str, ...] | None = None) -> Path:
     """Raise MoesimError unless ``path`` can be written as a file (it may exist as a file and
     is then replaced). ``what`` names the file in the message, e.g. ``"-o"`` or
-    ``"--plot"``. Returns ``path`` as a Path; missing parent folders are allowed (writers
-    create them) as long as they can be created."""
+    ``"--plot"``; ``suffixes`` (e.g. ``(".png", ".svg", ".pdf")``) are the allowed
+    extensions, case-insensitive. Returns ``path`` as a Path; missing parent folders are
+    allowed (writers create them) as long as they can be created."""
     p = Path(path)
     if str(path) == "":
         raise MoesimError(f"{what}: empty path")
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise MoesimError(f"{what} {p}: must end in {', '.join(suffixes)}, got "
+                          f"{p.suffix or 'no extension'!r}")
     if p.is_dir():
         raise MoesimError(f"{what} {p}: is an existing directory; a file is wanted")
     if p.exists() and not p.is_file():
