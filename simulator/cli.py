@@ -93,7 +93,11 @@ def cmd_run(a) -> int:
                            "-o" if a.output else "results folder")
     t0 = time.perf_counter()
     sim = Simulation(loaded)
-    result = sim.run()
+    from .progress import bar, enabled
+    quiet = a.quiet or a.json
+    with bar(sum(q.n_prefill + q.n_decode for q in sim.requests), desc="simulating",
+             unit="tok", quiet=quiet) as pb:
+        result = sim.run(progress=pb if enabled(quiet) else None)
     wall = time.perf_counter() - t0
     write_results(result, loaded, out, extra={"wall_s": wall, "trace": str(sim.trace.path),
                                                "model": sim.model.name, "precision": sim.precision})
@@ -105,7 +109,8 @@ def cmd_run(a) -> int:
                  f"cache {loaded.config.cache.get('name')}, placement {loaded.config.placement.get('name')}")
         print(format_summary(result.summary, title=title, notes=result.notes))
         acc = result.summary["expert_accesses.prefill"] + result.summary["expert_accesses.decode"]
-        print(f"\nresults in {out}/ (summary.json, requests, steps, transfers); "
+        tables = "requests, layers" + (", steps, transfers" if loaded.config.output.events else "")
+        print(f"\nresults in {out}/ (summary.json, {tables}); "
               f"wall {wall:.2f} s, {acc / max(wall, 1e-9):,.0f} expert accesses/s")
     return 0
 

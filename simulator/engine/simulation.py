@@ -83,6 +83,8 @@ class TransferLog:
 
 
 class Simulation:
+    _progress = None                    # set by run(progress=...)
+
     def __init__(self, loaded: LoadedConfig, trace: Trace | None = None, *,
                  fast_path: bool = True):
         cfg = loaded.config
@@ -573,6 +575,8 @@ class Simulation:
             future, backlog = backlog, deque()
         waiting: deque[Request] = deque()
         running: list[Request] = []
+        bar = self._progress            # tokens simulated, flushed every 256 iterations
+        pending = iters = 0
         while True:
             if self.env.peek() <= self.t:
                 yield from self._sync()
@@ -587,6 +591,12 @@ class Simulation:
             prefill = [q for q in new if q.n_prefill]
             running.extend(q for q in new if not q.n_prefill)
             done: list[Request] = []
+            if bar is not None:
+                pending += sum(q.n_prefill for q in prefill) if prefill else len(running)
+                iters += 1
+                if iters % 256 == 0:
+                    bar.update(pending)
+                    pending = 0
             if prefill:
                 yield from self._prefill(prefill)
                 for q in prefill:
@@ -600,6 +610,8 @@ class Simulation:
                 self.t = max(self.t, future[0].arrival)
                 continue
             else:
+                if bar is not None:
+                    bar.update(pending)
                 break
             for q in done:
                 self._finish(q, self.t)
@@ -608,9 +620,11 @@ class Simulation:
                     nq.arrival = self.t
                     future.append(nq)
 
-    def run(self):
-        """Run to completion and return a :class:`simulator.metrics.summary.RunResult`."""
+    def run(self, *, progress=None):
+        """Run to completion and return a :class:`simulator.metrics.summary.RunResult`.
+        ``progress``: a :func:`simulator.progress.bar` over the trace's tokens, or None."""
         from ..metrics.summary import collect
+        self._progress = progress
         self._pinned = self.ctx.pinned.tolist()
         self._obj_bytes = self.ctx.object_bytes.tolist()
         self._cache_access = self.cache.access

@@ -7,24 +7,53 @@
     DIR/steps.parquet     one row per iteration       (output.events: true)
     DIR/transfers.parquet one row per transfer        (output.events: true)
     DIR/config.yaml       the resolved config (after --set), DIR/hardware.yaml every device
-                          value with its source, DIR/run.json name, hash, versions, notes
+                          value with its source, DIR/run.json name, hash, versions, notes and
+                          the list of files (written last: the folder's completion marker)
 
-Every file is written to a temporary name and renamed, so a killed run never leaves a
-half-written file behind.
+A results folder is whole or absent (:func:`write_folder_atomically`): it is written into a
+hidden sibling ``.DIR.partial-<pid>`` and swapped into place, so DIR is always absent, the
+complete previous run or the complete new run -- never a mix, and no file of an earlier run
+(say ``steps.parquet`` after a rerun with ``output.events: false``) survives a rerun.
+
+The swap, and what a crash at each point leaves:
+
+1. write everything into ``.DIR.partial-<pid>`` (crash: DIR untouched; the partial folder is
+   garbage);
+2. if DIR exists, rename it to ``.DIR.old-<pid>`` (crash right after: DIR is absent, the old
+   run sits complete under the hidden name);
+3. rename the partial folder to DIR (crash right after: DIR is the complete new run; the old
+   one is garbage);
+4. delete ``.DIR.old-<pid>``.
+
+:func:`recover` (called by every writer before it starts, and callable by readers) cleans up
+after a crashed writer whose process is gone: it puts a complete ``.old`` folder back when DIR
+is missing (case 2: the interrupted run never happened) and deletes leftover ``.partial`` and
+``.old`` folders. Folders of a live writer (its pid still running) are left alone.
 """
 from __future__ import annotations
 
 import json
+import os
 import platform
+import re
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import yaml
 
 from ..config.load import LoadedConfig
+from ..errors import ConfigError, MoesimError
 from ..metrics.summary import RunResult
-from ..serialize import atomic_write, to_plain
+from ..serialize import to_plain
+
+MARKER = "run.json"
+# Every name write_results can leave in a folder (plus per-file temporaries of older
+# versions): a folder holding only these is a moesim results folder and may be replaced.
+RESULT_FILES = frozenset({"summary.json", "summary.csv", "requests.parquet", "requests.csv",
+                          "layers.csv", "steps.parquet", "transfers.parquet", "config.yaml",
+                          "hardware.yaml", MARKER})
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -56,31 +85,172 @@ def _with_config(df: pd.DataFrame, cols: dict[str, Any]) -> pd.DataFrame:
     return df
 
 
-def write_results(result: RunResult, loaded: LoadedConfig, out_dir: str | Path, *,
-                  extra: dict[str, Any] | None = None) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+# ---------------------------------------------------------------------------- whole or absent
+def _sibling(dest: Path, kind: str, pid: int | None = None) -> Path:
+    return dest.with_name(f".{dest.name}.{kind}-{os.getpid() if pid is None else pid}")
+
+
+def _siblings(dest: Path) -> list[tuple[str, int, Path]]:
+    """Leftover ``.partial``/``.old`` folders of DIR: (kind, pid, path)."""
+    pat = re.compile(rf"^\.{re.escape(dest.name)}\.(partial|old)-(\d+)$")
+    out = []
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return out
+    for p in entries:
+        m = pat.match(p.name)
+        if m:
+            out.append((m.group(1), int(m.group(2)), p))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False            # our own leftovers (an earlier call that raised) are garbage
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def is_complete(path: str | os.PathLike, marker: str = MARKER) -> bool:
+    """Whether ``path`` is a finished results folder: a directory holding the marker
+    (``run.json``, written last) and, when the marker lists them, every file it names.
+    Folders written by :func:`write_folder_atomically` are complete whenever they exist;
+    the check also rejects folders left half-written by older versions."""
+    d = Path(path)
+    m = d / marker
+    if not d.is_dir() or not m.is_file():
+        return False
+    if marker != MARKER:
+        return True
+    try:
+        files = json.loads(m.read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return all((d / f).is_file() for f in files or ())
+
+
+def recover(path: str | os.PathLike) -> None:
+    """Clean up after a writer of ``path`` that died mid-swap (see the module docstring):
+    put back a complete old folder if ``path`` is missing, delete dead writers' leftovers."""
+    dest = Path(path)
+    dead = [(kind, pid, p) for kind, pid, p in _siblings(dest) if not _alive(pid)]
+    if not dest.exists():
+        for kind, _pid, p in dead:
+            if kind == "old" and p.is_dir():
+                try:
+                    os.rename(p, dest)
+                    break
+                except OSError:
+                    pass
+    for _kind, _pid, p in dead:
+        if p.exists() or p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _replaceable(dest: Path, marker: str, known: frozenset[str] | None) -> bool:
+    """A folder may be replaced if empty, a results folder (holds the marker), or holding
+    only names ``write_fn`` produces: never a user's folder of other files."""
+    names = [p.name for p in dest.iterdir()]
+    if not names or marker in names:
+        return True
+    return known is not None and all(n in known or n.endswith(".partial") for n in names)
+
+
+def write_folder_atomically(path: str | os.PathLike, write_fn: Callable[[Path], Any], *,
+                            marker: str = MARKER, known_files: frozenset[str] | None = None,
+                            ) -> Path:
+    """Write a folder whole or not at all: ``write_fn(tmp)`` fills a fresh hidden sibling
+    folder, which then replaces ``path`` (see the module docstring for the swap and its crash
+    cases). ``write_fn`` must write ``marker`` last (readers check it with
+    :func:`is_complete`). An existing ``path`` that is not a folder of this kind (no marker,
+    and files other than ``known_files``) is refused with a ConfigError, never deleted.
+    A symlink ``path`` keeps pointing at the new folder. Used for run results and the
+    sweeps' per-point folders."""
+    dest = Path(path)
+    if dest.is_symlink():
+        dest = dest.resolve()
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError("is an existing file; a results folder is wanted",
+                          source=f"output folder {dest}")
+    recover(dest)
+    if dest.is_dir() and not _replaceable(dest, marker, known_files):
+        raise ConfigError(f"exists and is not a moesim results folder (no {marker}); "
+                          "refusing to replace it: choose another folder or empty it",
+                          source=f"output folder {dest}")
+    tmp, old = _sibling(dest, "partial"), _sibling(dest, "old")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise MoesimError(f"output folder {dest}: cannot be written: "
+                          f"{exc.strerror or exc}") from None
+    try:
+        write_fn(tmp)
+        if not (tmp / marker).exists():
+            raise RuntimeError(f"write_folder_atomically: write_fn did not write {marker}")
+        had_old = dest.exists()
+        if had_old:
+            os.rename(dest, old)
+        try:
+            os.rename(tmp, dest)
+        except BaseException:
+            if had_old and not dest.exists():
+                os.rename(old, dest)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+# ---------------------------------------------------------------------------- run results
+def _files(result: RunResult, loaded: LoadedConfig, extra: dict[str, Any] | None,
+           ) -> list[tuple[str, Callable[[Path], Any]]]:
+    """(file name, writer) in writing order; run.json (the marker) comes last."""
     cols = config_columns(loaded)
     summary = to_plain(result.summary)
-    atomic_write(out / "summary.json",
-            lambda p: p.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n"))
     row = pd.DataFrame([{**result.summary, **cols}])
-    atomic_write(out / "summary.csv", lambda p: row.to_csv(p, index=False))
     req = _with_config(result.requests, cols)
-    atomic_write(out / "requests.parquet", lambda p: req.to_parquet(p, index=False))
-    atomic_write(out / "requests.csv", lambda p: req.to_csv(p, index=False))
-    atomic_write(out / "layers.csv", lambda p: _with_config(result.layers, cols).to_csv(p, index=False))
+    files: list[tuple[str, Callable[[Path], Any]]] = [
+        ("summary.json", lambda p: p.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")),
+        ("summary.csv", lambda p: row.to_csv(p, index=False)),
+        ("requests.parquet", lambda p: req.to_parquet(p, index=False)),
+        ("requests.csv", lambda p: req.to_csv(p, index=False)),
+        ("layers.csv", lambda p: _with_config(result.layers, cols).to_csv(p, index=False)),
+    ]
     if loaded.config.output.events:
         for name, df in (("steps", result.steps), ("transfers", result.transfers)):
             tab = _with_config(df, cols)
-            atomic_write(out / f"{name}.parquet", lambda p, tab=tab: tab.to_parquet(p, index=False))
-    atomic_write(out / "config.yaml",
-            lambda p: p.write_text(yaml.safe_dump(loaded.raw, sort_keys=False)))
-    atomic_write(out / "hardware.yaml",
-            lambda p: p.write_text(yaml.safe_dump(result.hardware, sort_keys=False, width=110)))
+            files.append((f"{name}.parquet", lambda p, tab=tab: tab.to_parquet(p, index=False)))
+    files.append(("config.yaml", lambda p: p.write_text(yaml.safe_dump(loaded.raw, sort_keys=False))))
+    files.append(("hardware.yaml", lambda p: p.write_text(
+        yaml.safe_dump(result.hardware, sort_keys=False, width=110))))
     from .. import __version__
     run = {"name": loaded.config.name, "config_hash": loaded.config_hash,
            "config_source": loaded.source, "moesim_version": __version__,
-           "python": platform.python_version(), "notes": result.notes, **(extra or {})}
-    atomic_write(out / "run.json", lambda p: p.write_text(json.dumps(run, indent=1, default=str) + "\n"))
-    return out
+           "python": platform.python_version(), "notes": result.notes, **(extra or {}),
+           "files": [n for n, _w in files] + [MARKER]}
+    files.append((MARKER, lambda p: p.write_text(json.dumps(run, indent=1, default=str) + "\n")))
+    return files
+
+
+def write_results(result: RunResult, loaded: LoadedConfig, out_dir: str | Path, *,
+                  extra: dict[str, Any] | None = None) -> Path:
+    """Write the results folder ``out_dir`` whole (replacing an earlier run's folder there)."""
+    files = _files(result, loaded, extra)
+
+    def write_all(tmp: Path) -> None:
+        for name, write in files:
+            write(tmp / name)
+
+    return write_folder_atomically(out_dir, write_all, known_files=RESULT_FILES)
