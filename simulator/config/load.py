@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..resources import bundled_dir, default_config_path
+from . import yamlload
 from .schema import POLICY_AXES, RunConfig
 from .strict import build
 
@@ -54,16 +55,18 @@ def config_hash(raw: dict[str, Any]) -> str:
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh)
+            data = yamlload.load(fh)
     except FileNotFoundError:
         raise ConfigError("file not found", source=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a YAML file", source=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}",
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a text file: {exc.reason} at byte {exc.start}",
                           source=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(yamlload.error_text(exc), source=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -72,7 +75,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], parsed value); the value is parsed as YAML."""
+    """``a.b.c=value`` -> (["a", "b", "c"], parsed value); the value is parsed as YAML (1.2
+    floats: ``1.2e1`` is a number); a value that is not valid YAML stays a string."""
     if "=" not in item:
         raise ConfigError(f"expected KEY=VALUE, got {item!r}", source="--set")
     key, value = item.split("=", 1)
@@ -80,7 +84,7 @@ def parse_set(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"bad key {key!r}", source="--set")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yamlload.load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed

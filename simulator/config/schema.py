@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..errors import ConfigError
 from .strict import field
 
 POLICY_AXES = ("placement", "cache", "prefetch", "routing", "warmup", "kv")
@@ -72,6 +73,14 @@ class ArrivalConfig:
     concurrency: Optional[int] = field(None, min=1, help="closed_loop: requests in flight "
                                        "(default: batch_size)")
 
+    def __post_init__(self) -> None:
+        # A key the chosen process ignores is an error, like an unknown key: it would
+        # otherwise look like it changed the run.
+        for key, applies_to in (("rate_per_s", "poisson"), ("concurrency", "closed_loop")):
+            if getattr(self, key) is not None and self.process != applies_to:
+                raise ConfigError(f"only applies to process: {applies_to}, but process is "
+                                  f"{self.process}; remove it (or set it to null)", key=key)
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkloadConfig:
@@ -107,3 +116,10 @@ class RunConfig:
     kv: dict[str, Any] = field(default_factory=lambda: {"name": "local"}, help="KV-cache policy")
     workload: WorkloadConfig = field(default_factory=WorkloadConfig, help="workload")
     output: OutputConfig = field(default_factory=OutputConfig, help="output")
+
+    def __post_init__(self) -> None:
+        # The name becomes results/<name>/: one plain folder name, nothing that escapes.
+        n = self.name
+        if not n.strip() or n in (".", "..") or any(c in n for c in "/\\\0"):
+            raise ConfigError(f"must be a plain folder name (not empty, '.' or '..', no '/' or "
+                              f"'\\'): it names results/<name>/; got {n!r}", key="name")

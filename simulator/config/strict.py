@@ -65,6 +65,8 @@ def _convert(tp, value, key: str, source: str | None, md: dict):
     if tp in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"must be a number, got {value!r}", source=source, key=key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"must be finite, got {value}", source=source, key=key)
         if tp is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ConfigError(f"must be an integer, got {value!r}", source=source, key=key)

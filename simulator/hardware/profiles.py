@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ..config import yamlload
 from ..errors import ConfigError
 from ..resources import bundled_dir
 from ..units import GB, NS, PJ, BITS_PER_BYTE, TERA, gb_to_bytes
@@ -158,12 +159,23 @@ def parse_profile(data: Any, *, source: str) -> Profile:
 
 
 def profile_dirs(extra: list[str | Path] | None = None) -> list[Path]:
-    """Search path: user folders first (``extra``, then $MOESIM_PROFILES), then bundled."""
+    """Search path: user folders first (``extra``, then $MOESIM_PROFILES), then bundled.
+
+    A user folder that does not exist is an error, not an empty folder: a mistyped
+    MOESIM_PROFILES would otherwise silently run with the bundled profiles only."""
     import os
     dirs = [Path(p) for p in (extra or [])]
     env = os.environ.get("MOESIM_PROFILES")
     if env:
+        for p in env.split(os.pathsep):
+            if p and not Path(p).is_dir():
+                raise ConfigError(f"folder '{p}' {'is not a folder' if Path(p).exists() else 'does not exist'} "
+                                  "(unset it to use the bundled profiles only)",
+                                  source="MOESIM_PROFILES")
         dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    for d in dirs:
+        if not d.is_dir():
+            raise ConfigError(f"profile folder '{d}' does not exist", source=str(d))
     dirs.append(bundled_dir("device_profiles"))
     return dirs
 
@@ -176,9 +188,9 @@ def _load_dir(path: Path) -> dict[str, Profile]:
     for f in sorted(path.glob("*.yaml")):
         try:
             with open(f) as fh:
-                data = yaml.safe_load(fh)
+                data = yamlload.load(fh)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid YAML: {exc}", source=str(f)) from None
+            raise ConfigError(yamlload.error_text(exc), source=str(f)) from None
         prof = parse_profile(data, source=str(f))
         if prof.name in out:
             raise ConfigError(f"profile '{prof.name}' also defined in {out[prof.name].path}",

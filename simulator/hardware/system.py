@@ -109,6 +109,7 @@ def build_system(cfg: SystemConfig, *, source: str | None = None) -> System:
                           f"({', '.join(cfg.tiers)})", source=source, key="system.local_tier")
     devices: list[Device] = []
     tiers: dict[str, list[Device]] = {}
+    used_links: set[str] = set()
     for tname, tc in cfg.tiers.items():
         if not tc.devices:
             raise ConfigError("a tier needs at least one device", source=source,
@@ -139,7 +140,12 @@ def build_system(cfg: SystemConfig, *, source: str | None = None) -> System:
                     raise ConfigError(f"unknown link '{ln}'; defined links: "
                                       f"{', '.join(links) or '(none)'}", source=source,
                                       key=f"{key}.path")
+                if any(l.name == ln for l in path):
+                    raise ConfigError(f"names link '{ln}' twice ({list(dc.path)}): a transfer "
+                                      "crosses each link once (its bytes would count twice)",
+                                      source=source, key=f"{key}.path")
                 path.append(links[ln])
+                used_links.add(ln)
             dname = tname if len(tc.devices) == 1 else f"{tname}.{i}"
             if spec.shared_bus:
                 bus = Resource(f"{dname}:bus", max(spec.read_bw, spec.write_bw))
@@ -150,4 +156,10 @@ def build_system(cfg: SystemConfig, *, source: str | None = None) -> System:
             dev = Device(len(devices), dname, tname, spec, mp, tuple(path), is_local, rd, wr)
             devices.append(dev)
             tiers.setdefault(tname, []).append(dev)
+    unused = [n for n in links if n not in used_links]
+    if unused:
+        # A link on no path carries nothing: most likely a path that forgot it.
+        raise ConfigError(f"link '{unused[0]}' is on no device's path, so it would carry no "
+                          "traffic; add it to a path or remove it", source=source,
+                          key=f"system.links.{unused[0]}")
     return System(compute, cp, devices, links, cfg.local_tier, tiers)

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..config import yamlload
 from ..errors import ModelSpecError
 from ..units import precision_bytes
 
@@ -241,7 +242,7 @@ def _norm(name: str) -> str:
 @lru_cache(maxsize=None)
 def catalog() -> dict[str, ModelSpec]:
     with open(CATALOG_PATH) as fh:
-        raw = yaml.safe_load(fh) or {}
+        raw = yamlload.load(fh) or {}
     specs = {}
     for entry in raw.get("models", []):
         spec = spec_from_dict(entry, source=f"{CATALOG_PATH.name}:{entry.get('name', '?')}")
@@ -271,16 +272,21 @@ def get_model(name: str, *, key: str = "model.name") -> ModelSpec:
 def load_model_file(path: str | Path) -> ModelSpec:
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh)
+            data = yamlload.load(fh)
     except OSError as exc:
         raise ModelSpecError(f"cannot read model file: {exc.strerror}", source=str(path)) from None
     except yaml.YAMLError as exc:
-        raise ModelSpecError(f"invalid YAML: {exc}", source=str(path)) from None
+        raise ModelSpecError(yamlload.error_text(exc), source=str(path)) from None
     return spec_from_dict(data, source=str(path))
 
 
 def check_trace_matches(spec: ModelSpec, meta, *, source: str = "<trace>") -> None:
-    """A trace names its model; its shape must agree with the spec."""
+    """A trace names its model; its shape (experts, MoE layers, top-k) must agree with the
+    spec. Used by ``moesim run`` and ``moesim trace validate``.
+
+    A different top-k is an error, not a silent variant: a top-1 trace on a top-2 model
+    halves the experts per token (TPOT, traffic, hit rates). To simulate such a variant on
+    purpose, give ``model.file``: a spec with the trace's ``top_k``."""
     from ..errors import TraceError
     if meta.num_experts != spec.num_experts:
         raise TraceError(f"trace has {meta.num_experts} experts per layer but model "
@@ -289,6 +295,9 @@ def check_trace_matches(spec: ModelSpec, meta, *, source: str = "<trace>") -> No
     if meta.num_layers != spec.moe_layers:
         raise TraceError(f"trace has {meta.num_layers} MoE layers but model '{spec.name}' has "
                          f"{spec.moe_layers}", source=source, field="metadata.num_layers")
-    if meta.top_k > spec.top_k:
+    if meta.top_k != spec.top_k:
         raise TraceError(f"trace has top_k={meta.top_k} but model '{spec.name}' routes "
-                         f"top-{spec.top_k}", source=source, field="metadata.top_k")
+                         f"top-{spec.top_k} (tokens would use {meta.top_k} experts per layer "
+                         f"instead of {spec.top_k}); use a top-{spec.top_k} trace, or model.file: "
+                         f"a spec with top_k: {meta.top_k} to simulate that variant",
+                         source=source, field="metadata.top_k")
