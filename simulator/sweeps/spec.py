@@ -313,6 +313,7 @@ def _load_base(base: Any, path: Path) -> tuple[dict[str, Any], Path]:
         bpath = Path(base).expanduser()
         if not bpath.is_absolute():
             bpath = path.parent / bpath
+        bpath = Path(os.path.normpath(bpath))
     if not bpath.is_file():
         raise _err(src, "base", f"base config '{base}' not found ({bpath})")
     return read_config_yaml(bpath), bpath.parent
