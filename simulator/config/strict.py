@@ -12,6 +12,8 @@ import math
 import types
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+import numpy as np
+
 from ..errors import ConfigError
 
 
@@ -140,3 +142,25 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, Any, str]]:
             continue
         rows.append((f"{prefix}{f.name}", _type_name(tp), default, f.metadata.get("help", "")))
     return rows
+
+
+def check_arg(value, key: str, *, integer: bool = False, min: float | None = None,
+              above: float | None = None, optional: bool = False):
+    """Check one function argument (``key`` names it as the user gave it, e.g.
+    ``--iterations``) at a library entry point, so a bad value is a ConfigError there and
+    not an exception from deep inside numpy. ``min``: value >= min; ``above``: value > above.
+    Returns the value (None passes when ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"must be {'an integer' if integer else 'a number'}, got {value!r}",
+                          key=key)
+    if not math.isfinite(value):
+        raise ConfigError(f"must be finite, got {value}", key=key)
+    if integer and float(value) != int(value):
+        raise ConfigError(f"must be an integer, got {value!r}", key=key)
+    if min is not None and value < min:
+        raise ConfigError(f"must be >= {min:g}, got {value:g}", key=key)
+    if above is not None and not value > above:
+        raise ConfigError(f"must be > {above:g}, got {value:g}", key=key)
+    return int(value) if integer else value

@@ -406,6 +406,9 @@ def fit_trace(trace: Trace, *, seed: int = 0, calibrate: bool = True, iterations
               calibration_tokens: int = 12_000, seeds: int | None = None,
               progress: Callable[[str], None] | None = None) -> RoutingModel:
     """Estimate a :class:`RoutingModel` from ``trace`` (see the module docstring)."""
+    from ..config.strict import check_arg
+    iterations = check_arg(iterations, "iterations", integer=True, min=0)
+    seed = check_arg(seed, "seed", integer=True, min=0)
     _require(trace)
     say = progress or (lambda _m: None)
     m = trace.meta
@@ -515,6 +518,8 @@ def fit_counts(counts, *, num_layers: int | None = None) -> RoutingModel:
     """A model from aggregate per-expert counts (``traces/counts.py``): only popularity is
     known, at the recorded layers; everything else is stated as missing in ``notes``."""
     from ..models.spec import find_model
+    from ..config.strict import check_arg
+    num_layers = check_arg(num_layers, "num_layers", integer=True, min=1, optional=True)
     E, k = counts.num_experts, counts.top_k
     spec = find_model(counts.model)
     L = num_layers or counts.model_num_layers or (spec.moe_layers if spec else None)

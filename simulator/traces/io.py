@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from ..errors import TraceError
 from .schema import (DECODE, METADATA_KEY, PHASE_NAMES, PREFILL, Trace, TraceMeta,
-                     expert_dtype, meta_bytes)
+                     decode_nonfinite, expert_dtype, meta_bytes)
 
 _PHASE_DICT = pa.array(list(PHASE_NAMES), type=pa.string())
 
@@ -154,9 +154,36 @@ def read_trace_meta(path: str | os.PathLike) -> tuple[TraceMeta, dict, pq.Parque
                          "(convert it with `moesim trace import`)", source=src, field="metadata")
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TraceError(f"metadata is not valid JSON: {exc}", source=src, field="metadata") from None
-    return TraceMeta.from_json(data, src), data, pf
+    if isinstance(data, dict) and isinstance(data.get("notes"), dict):
+        data["notes"] = decode_nonfinite(data["notes"])
+    meta = TraceMeta.from_json(data, src)
+    _check_request_list(data, src)
+    return meta, data, pf
+
+
+def _check_request_list(data: dict, src: str) -> None:
+    """``requests`` (ids) and ``arrival_s`` (seconds or null, one per id) of the metadata."""
+    reqs = data.get("requests")
+    if reqs is not None:
+        if not isinstance(reqs, list):
+            raise TraceError(f"must be a list of request ids, got {type(reqs).__name__}",
+                             source=src, field="metadata.requests")
+        for i, r in enumerate(reqs):
+            if isinstance(r, bool) or not isinstance(r, int):
+                raise TraceError(f"must be an integer request id, got {r!r}", source=src,
+                                 field=f"metadata.requests[{i}]")
+    arr = data.get("arrival_s")
+    if arr is not None:
+        if not isinstance(arr, list):
+            raise TraceError(f"must be a list of seconds, got {type(arr).__name__}",
+                             source=src, field="metadata.arrival_s")
+        for i, a in enumerate(arr):
+            if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float))):
+                rid = reqs[i] if isinstance(reqs, list) and i < len(reqs) else "?"
+                raise TraceError(f"must be a number of seconds (or null), got {a!r} "
+                                 f"(request {rid})", source=src, field=f"metadata.arrival_s[{i}]")
 
 
 def read_trace(path: str | os.PathLike, *, validate: bool = True) -> Trace:
@@ -232,6 +259,43 @@ def _fill_block(tab: pa.Table, src: str, row0: int, L: int, k: int, E: int, laye
             bad = int(np.flatnonzero(np.asarray(arr.is_null()))[0])
             raise TraceError("is null", source=src, row=row0 + bad, field=name)
         return arr
+
+    # Column types as strict as the importers: a float expert id or token position would be
+    # truncated, a string request id parsed, by the numpy assignments below.
+    for name in ("request_id", "token", "layer"):
+        tp = tab.schema.field(name).type
+        if not pa.types.is_integer(tp):
+            raise TraceError(f"must be an integer column, got {tp}", source=src, field=name)
+    for name, pred, what in (("experts", pa.types.is_integer, "integer expert ids"),
+                             ("scores", pa.types.is_floating, "floats"),
+                             ("router_probs", pa.types.is_floating, "floats")):
+        if name not in tab.schema.names:
+            continue
+        tp = tab.schema.field(name).type
+        if not (pa.types.is_fixed_size_list(tp) or pa.types.is_list(tp)
+                or pa.types.is_large_list(tp)):
+            raise TraceError(f"must be a list of {what}, got {tp}", source=src, field=name)
+        if not pred(tp.value_type):
+            vals = tab.column(name).combine_chunks()
+            msg = f"must be a list of {what}, got {tp}"
+            if name == "experts" and pa.types.is_floating(tp.value_type):
+                flat = vals.flatten().to_numpy(zero_copy_only=False)
+                frac = ~np.isfinite(flat) | (flat != np.round(flat))
+                if frac.any():
+                    i = int(np.flatnonzero(frac)[0])
+                    kk = tp.list_size if pa.types.is_fixed_size_list(tp) else k
+                    raise TraceError(f"expert id {flat[i]} is not an integer ({msg})",
+                                     source=src, row=row0 + i // kk, field=f"experts[{i % kk}]")
+            raise TraceError(msg, source=src, field=name)
+        inner = col_np(name).flatten()
+        if inner.null_count:
+            i = int(np.flatnonzero(np.asarray(inner.is_null()))[0])
+            width = tp.list_size if pa.types.is_fixed_size_list(tp) else max(1, k)
+            raise TraceError("holds a null value", source=src, row=row0 + i // width,
+                             field=f"{name}[{i % width}]")
+    if "imputed" in tab.schema.names and not pa.types.is_boolean(tab.schema.field("imputed").type):
+        raise TraceError(f"must be a boolean column, got {tab.schema.field('imputed').type}",
+                         source=src, field="imputed")
 
     layer = col_np("layer").to_numpy(zero_copy_only=False).reshape(T, L)
     if not (layer == layer_pattern).all():

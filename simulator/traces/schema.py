@@ -34,13 +34,21 @@ SCHEMA_VERSION = 1
 METADATA_KEY = b"moesim.trace"
 
 
+MAX_EXPERTS = 65536
+# Gate scores of a token's k experts are softmax (or renormalised) weights: they sum to at
+# most 1. Allowed excess, for the rounding of k values stored in float16/bf16 by a source.
+SCORE_SUM_TOL = 0.01
+# A token's router_probs are a distribution over the E experts: |sum - 1| <= this.
+PROBS_SUM_TOL = 0.01
+
+
 def expert_dtype(num_experts: int) -> np.dtype:
     """Smallest unsigned dtype that holds expert ids 0..num_experts-1."""
     if num_experts <= 256:
         return np.dtype(np.uint8)
-    if num_experts <= 65536:
+    if num_experts <= MAX_EXPERTS:
         return np.dtype(np.uint16)
-    raise TraceError(f"num_experts={num_experts} exceeds 65536")
+    raise TraceError(f"num_experts={num_experts} exceeds {MAX_EXPERTS}")
 
 
 @dataclass
@@ -64,10 +72,43 @@ class TraceMeta:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "<trace>") -> "TraceMeta":
+        """Metadata from the file's JSON, every field's type and range checked here (before
+        any array is sized from it)."""
+        if not isinstance(data, dict):
+            raise TraceError(f"must be a JSON object, got {type(data).__name__}", source=source,
+                             field="metadata")
         missing = [k for k in ("model", "num_layers", "num_experts", "top_k") if k not in data]
         if missing:
             raise TraceError(f"trace metadata lacks {', '.join(missing)}", source=source,
                              field="metadata")
+        for name in ("num_layers", "num_experts", "top_k"):
+            v = data[name]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise TraceError(f"must be a positive integer, got {v!r}", source=source,
+                                 field=f"metadata.{name}")
+        if data["num_experts"] > MAX_EXPERTS:
+            raise TraceError(f"must be <= {MAX_EXPERTS}, got {data['num_experts']}",
+                             source=source, field="metadata.num_experts")
+        if data["top_k"] > data["num_experts"]:
+            raise TraceError(f"top_k={data['top_k']} exceeds num_experts={data['num_experts']}",
+                             source=source, field="metadata.top_k")
+        for name, default in (("model", ...), ("source", "unknown")):
+            v = data.get(name, default)
+            if not isinstance(v, str) or not v:
+                raise TraceError(f"must be a non-empty string, got {v!r}", source=source,
+                                 field=f"metadata.{name}")
+        order = data.get("expert_order", "descending")
+        if order not in ("descending", "unordered"):
+            raise TraceError(f"must be 'descending' or 'unordered', got {order!r}",
+                             source=source, field="metadata.expert_order")
+        if not isinstance(data.get("notes", {}), dict):
+            raise TraceError(f"must be a JSON object, got {data['notes']!r}", source=source,
+                             field="metadata.notes")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise TraceError(f"schema version {version!r} is not one this moesim reads "
+                             f"(<= {SCHEMA_VERSION}); upgrade moesim", source=source,
+                             field="metadata.schema_version")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -242,15 +283,46 @@ class Trace:
                     t, layer, slot = np.argwhere(sc < 0)[0]
                     raise TraceError(f"is negative ({sc[t, layer, slot]})",
                                      **where(t + t0, int(layer), field=f"scores[{slot}]"))
+                if m.expert_order == "descending" and k > 1:
+                    up = sc[:, :, 1:] > sc[:, :, :-1]
+                    if up.any():
+                        t, layer, slot = np.argwhere(up)[0]
+                        raise TraceError(
+                            f"not descending ({sc[t, layer].tolist()}) while metadata.expert_order "
+                            "is 'descending' (experts best first); sort them, or write "
+                            "expert_order 'unordered'",
+                            **where(t + t0, int(layer), field=f"scores[{slot + 1}]"))
+                tot = sc.sum(axis=2, dtype=np.float64)
+                over = tot > 1.0 + SCORE_SUM_TOL
+                if over.any():
+                    t, layer = np.argwhere(over)[0]
+                    raise TraceError(
+                        f"sum to {tot[t, layer]:.4g} > 1 (+{SCORE_SUM_TOL} tolerance): gate "
+                        f"weights of the top-{k} experts are at most the whole softmax mass",
+                        **where(t + t0, int(layer), field="scores"))
         if self.router_probs is not None:
             if self.router_probs.shape != (T, L, E):
                 raise TraceError(f"expected shape ({T}, {L}, {E}), got {self.router_probs.shape}",
                                  source=src, field="router_probs")
-            fin = np.isfinite(self.router_probs)
-            if not fin.all():
-                t, layer, e = np.argwhere(~fin)[0]
-                raise TraceError("router probability is not finite",
-                                 **where(t, int(layer), field=f"router_probs[{e}]"))
+            step = max(1, 1_000_000 // max(1, L * E))
+            for t0 in range(0, T, step):
+                pr = self.router_probs[t0:t0 + step]
+                fin = np.isfinite(pr)
+                if not fin.all():
+                    t, layer, e = np.argwhere(~fin)[0]
+                    raise TraceError("router probability is not finite",
+                                     **where(t + t0, int(layer), field=f"router_probs[{e}]"))
+                if (pr < 0).any():
+                    t, layer, e = np.argwhere(pr < 0)[0]
+                    raise TraceError(f"router probability is negative ({pr[t, layer, e]})",
+                                     **where(t + t0, int(layer), field=f"router_probs[{e}]"))
+                tot = pr.sum(axis=2, dtype=np.float64)
+                off = np.abs(tot - 1.0) > PROBS_SUM_TOL
+                if off.any():
+                    t, layer = np.argwhere(off)[0]
+                    raise TraceError(f"sum to {tot[t, layer]:.4g}, not 1 (tolerance "
+                                     f"{PROBS_SUM_TOL}): not a distribution over the experts",
+                                     **where(t + t0, int(layer), field="router_probs"))
         if self.imputed is not None and self.imputed.shape != (T, L):
             raise TraceError(f"expected shape ({T}, {L}), got {self.imputed.shape}",
                              source=src, field="imputed")
@@ -296,8 +368,38 @@ def make_trace(meta: TraceMeta, request_id, token, phase, experts, scores=None,
     return tr.validate() if validate else tr
 
 
+# JSON has no infinity or NaN (Python's json writes the non-standard tokens Infinity/NaN that
+# other readers reject): non-finite floats in the metadata are written as these strings and
+# read back as the floats.
+_NONFINITE = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
+def _encode_nonfinite(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _encode_nonfinite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_encode_nonfinite(v) for v in x]
+    if isinstance(x, (float, np.floating)) and not np.isfinite(x):
+        return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def decode_nonfinite(x: Any) -> Any:
+    """Inverse of the writer's encoding of non-finite floats (strings back to floats)."""
+    if isinstance(x, dict):
+        return {k: decode_nonfinite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [decode_nonfinite(v) for v in x]
+    if isinstance(x, str) and x in _NONFINITE:
+        return _NONFINITE[x]
+    return x
+
+
 def meta_bytes(meta: TraceMeta, requests: list[int], arrival_s: dict[int, float] | None) -> bytes:
+    """The metadata as strict JSON (``allow_nan=False``; non-finite floats as strings)."""
     data = {"schema_version": SCHEMA_VERSION, **meta.to_json(), "requests": list(map(int, requests))}
     if arrival_s is not None:
         data["arrival_s"] = [float(arrival_s[r]) for r in requests]
-    return json.dumps(data).encode()
+    return json.dumps(_encode_nonfinite(data), allow_nan=False).encode()

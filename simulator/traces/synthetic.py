@@ -149,6 +149,8 @@ class RoutingModel:
                      locality_prefill=locality_prefill, cross_layer=cross_layer,
                      transition_concentration=transition_concentration,
                      request_concentration=request_concentration, gate_sigma=gate_sigma)
+        from ..config.strict import check_arg
+        seed = check_arg(seed, "seed", integer=True, min=0)
         rng = np.random.default_rng(seed)
         L, E = num_layers, num_experts
         ranks = np.arange(1, E + 1, dtype=np.float64) ** (-zipf_alpha)
@@ -699,6 +701,9 @@ def generate(model: RoutingModel, path: str | Path, *, requests: int | None = No
     ``len_jitter`` j), or, when both are None, the fitted model's recorded request lengths.
     ``arrival_rate`` (requests/s) records Poisson arrival times in the trace.
     """
+    from ..config.strict import check_arg
+    check_arg(arrival_rate, "arrival_rate", above=0, optional=True)
+    seed = check_arg(seed, "seed", integer=True, min=0)
     model.validate()
     rng = np.random.default_rng(seed)
     P, D = resolve_lengths(model, requests, prompt_len, decode_len, len_jitter, rng)
