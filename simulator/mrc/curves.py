@@ -1,0 +1,314 @@
+"""Miss-ratio curves of the engine's own lookup stream: LRU for every cache size from one pass,
+Belady at chosen sizes.
+
+The stream (:class:`LookupStream`) is the sequence of *lookup groups* the engine performs: one
+per layer of one iteration, the layer's distinct experts in lookup order (pinned experts
+removed: they always hit and never enter the cache, so they are added back as hits at every
+size). Capacities are counted in objects: every expert object of a model has one size, so a
+cache of ``capacity_bytes`` holds ``C = floor(capacity_bytes / object_bytes)`` of them.
+
+LRU under group semantics (engine/simulation.py, "Lookup semantics"). In a group, the members
+resident at its start hit and move to the most-recent end in lookup order; then the misses are
+inserted in lookup order. So at every capacity C the cache is the top C of a recency stack in
+which objects are ordered by the group of their last use; only the order *inside* a group
+depends on C (hits before misses). For a lookup i of object x whose previous use was in group
+G, at the start of its group H:
+
+* ``D_i`` = distinct objects used in the groups strictly between G and H,
+* ``b_i`` = members of G not looked up again before H (x included), its *block*,
+* x's depth is ``D_i + r`` with ``r`` in ``[0, b_i)`` the number of block members ranked more
+  recent than x in G: if x hit at G, the block's misses at G and its hits after x; if x
+  missed, the block's misses after x.
+
+Hence at capacity C: ``C <= D_i`` -> miss, ``C >= D_i + b_i`` -> hit, for every C, in one pass
+(``D`` and ``b`` are numpy counting over next-use times, O(n log n)). Only capacities in the
+*window* ``D_i < C < D_i + b_i`` need ``r``, i.e. the hit/miss status of the block members at
+G at that C. Counting "hit iff D_i + r_pos < C" with a fixed lookup-order rank ``r_pos``
+(the flat stack distance) is what libCacheSim's one-get-at-a-time replay gives; it differs
+from the engine inside those windows (the default trace: 142 of its 256 sizes are off, by up
+to 86 hits). So :func:`lru_curve` resolves the windowed lookups at each requested size
+exactly: their status is a function of strictly earlier lookups' status at the same size, a
+DAG, solved by vectorised fixed-point rounds (each round recomputes every windowed lookup from
+the current guesses; a round that changes nothing is the unique solution). Where every block
+is a single object (groups of one, or groups whose other members all return first) there are
+no windows and the one-pass bounds alone are the curve.
+
+Belady: MIN's priority (next use) does not depend on C, but with group semantics (hits decided
+at the group's start, misses inserted afterwards) there is no stack-distance shortcut we can
+prove, so :func:`belady_curve` is the documented multi-size fallback: the project's own Belady
+policy (policies/cache/belady.py) replayed group by group at each requested size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..traces.schema import DECODE, PREFILL
+
+PHASES = ("prefill", "decode")
+
+
+@dataclass
+class LookupStream:
+    """The engine's lookup groups of one run, pinned objects removed."""
+    oids: np.ndarray                 # (n,) int64 object ids, group after group
+    starts: np.ndarray               # (m,) int64 start offset of every group
+    group_phase: np.ndarray          # (m,) int8 PREFILL / DECODE
+    object_bytes: float              # bytes of one object (all objects have one size)
+    pinned_lookups: tuple[int, int] = (0, 0)    # lookups of pinned objects per phase (hits)
+    how: str = ""                    # how the stream was obtained (for the output notes)
+    label: str = ""                  # model and precision
+    local_free_bytes: float | None = None   # local tier left for a cache (None: unknown)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return int(self.oids.size)
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        return np.diff(np.r_[self.starts, self.n]).astype(np.int64)
+
+    @property
+    def lookup_phase(self) -> np.ndarray:
+        return np.repeat(self.group_phase, self.group_sizes)
+
+    @property
+    def max_group(self) -> int:
+        return int(self.group_sizes.max()) if self.starts.size else 0
+
+    @property
+    def num_objects(self) -> int:
+        return int(np.unique(self.oids).size)
+
+    def lookups(self) -> np.ndarray:
+        """Lookups per phase, pinned included (what the engine counts)."""
+        ph = self.lookup_phase
+        return np.array([int((ph == p).sum()) + self.pinned_lookups[p] for p in (PREFILL, DECODE)])
+
+    def capacity_objects(self, capacity_bytes: float) -> int:
+        """Objects an LRU/Belady cache of ``capacity_bytes`` holds (the engine evicts while
+        used + size > capacity)."""
+        c = int(capacity_bytes // self.object_bytes)
+        while (c + 1) * self.object_bytes <= capacity_bytes:
+            c += 1
+        while c > 0 and c * self.object_bytes > capacity_bytes:
+            c -= 1
+        return c
+
+
+# ---------------------------------------------------------------------- one pass: D and b
+def _prev_next(oids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """prev[i] / nxt[i]: previous / next position of the same object (-1 / n when none)."""
+    n = oids.size
+    order = np.argsort(oids, kind="stable")
+    same = oids[order[1:]] == oids[order[:-1]]
+    prev = np.full(n, -1, dtype=np.int64)
+    nxt = np.full(n, n, dtype=np.int64)
+    prev[order[1:][same]] = order[:-1][same]
+    nxt[order[:-1][same]] = order[1:][same]
+    return prev, nxt
+
+
+def _count_before_at_least(vals: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each query j: #{q < a[j] : vals[q] >= b[j]} (vals, b in [0, n]), by a merge-sort
+    tree: [0, a) is a union of dyadic blocks, one per set bit of a; each level's blocks are
+    sorted (merged from the level below) and answered with one global searchsorted."""
+    n = vals.size
+    out = np.zeros(a.size, dtype=np.int64)
+    if n == 0 or a.size == 0:
+        return out
+    size = 1 << max(0, int(n - 1).bit_length())
+    span = np.int64(n + 2)                        # values + 1 lie in [0, n + 1]
+    level = np.zeros(size, dtype=np.int64)        # padding 0 = below every b + 1
+    level[:n] = vals + 1
+    key_b = b.astype(np.int64) + 1
+    j = 0
+    while (1 << j) <= size:
+        w = 1 << j
+        if j:
+            level = np.sort(level.reshape(-1, w), axis=1, kind="stable").reshape(-1)
+        sel = np.flatnonzero((a >> j) & 1)
+        if sel.size:
+            k = (a[sel] >> j) - 1                  # the block [k w, (k+1) w) of [0, a)
+            keys = level + np.repeat(np.arange(size // w, dtype=np.int64) * span, w)
+            pos = np.searchsorted(keys, k * span + key_b[sel], side="left")
+            out[sel] += (k + 1) * w - pos
+        j += 1
+    return out
+
+
+@dataclass
+class _Blocks:
+    """Per lookup: previous use, D (distinct objects in between), b (block size)."""
+    prev: np.ndarray
+    nxt: np.ndarray
+    grp: np.ndarray
+    gstart: np.ndarray               # per lookup: start of its own group
+    D: np.ndarray                    # -1 for a first (cold) lookup
+    b: np.ndarray                    # 0 for a cold lookup
+
+
+def _blocks(stream: LookupStream) -> _Blocks:
+    oids, starts, n = stream.oids, stream.starts.astype(np.int64), stream.n
+    sizes = stream.group_sizes
+    grp = np.repeat(np.arange(starts.size, dtype=np.int64), sizes)
+    gstart = starts[grp] if n else np.zeros(0, dtype=np.int64)
+    gend = gstart + sizes[grp] if n else np.zeros(0, dtype=np.int64)
+    prev, nxt = _prev_next(oids)
+    warm = np.flatnonzero(prev >= 0)
+    D = np.full(n, -1, dtype=np.int64)
+    b = np.zeros(n, dtype=np.int64)
+    if warm.size:
+        p = prev[warm]
+        sH = gstart[warm]
+        sG, eG = gstart[p], gend[p]
+        # distinct objects seen before s_H, minus those seen before e_G and not since
+        seen = np.r_[0, np.cumsum(prev < 0)]
+        D[warm] = seen[sH] - _count_before_at_least(nxt, eG, sH)
+        # block: members q of G with nxt[q] >= s_H; per group sorted nxt, one searchsorted
+        span = np.int64(n + 1)
+        keys = np.sort(grp * span + nxt)            # group-major, each group's nxt ascending
+        b[warm] = eG - np.searchsorted(keys, grp[p] * span + sH, side="left")
+    return _Blocks(prev, nxt, grp, gstart, D, b)
+
+
+# ---------------------------------------------------------------------- exact per size
+def _certain(bl: _Blocks, q: np.ndarray, C: int) -> np.ndarray:
+    """Status of lookups q at capacity C where the one-pass bounds decide it: 1 hit, 0 miss,
+    -1 inside its window."""
+    D, b = bl.D[q], bl.b[q]
+    st = np.where(C >= D + b, 1, -1)
+    st[(D < 0) | (C <= D)] = 0
+    return st
+
+
+def _exact_hits_at(bl: _Blocks, starts: np.ndarray, sizes: np.ndarray, C: int,
+                   stats: dict) -> np.ndarray:
+    """Boolean hit of every lookup at capacity C (objects)."""
+    n = bl.D.size
+    hit = (bl.D >= 0) & (C >= bl.D + bl.b)
+    amb = np.flatnonzero((bl.D >= 0) & (bl.D < C) & (C < bl.D + bl.b))
+    stats["windowed"] = stats.get("windowed", 0) + int(amb.size)
+    if amb.size == 0:
+        return hit
+    p = bl.prev[amb]
+    G = bl.grp[p]
+    gs, gl = starts[G], sizes[G]
+    # pairs (windowed lookup a, member q of its G other than p, still in the block)
+    rep = np.repeat(np.arange(amb.size), gl)
+    q = np.repeat(gs, gl) + (np.arange(rep.size) - np.repeat(np.cumsum(gl) - gl, gl))
+    keep = (q != p[rep]) & (bl.nxt[q] >= bl.gstart[amb][rep])
+    rep, q = rep[keep], q[keep]
+    after = q > p[rep]
+    n_after = np.bincount(rep, weights=after, minlength=amb.size).astype(np.int64)
+    slot = np.full(n, -1, dtype=np.int64)
+    slot[amb] = np.arange(amb.size)
+    q_slot, p_slot = slot[q], slot[p]
+    q_st, p_st = _certain(bl, q, C), _certain(bl, p, C)
+    Dm = bl.D[amb]
+    cur = hit[amb].copy()
+    # initial guess: every windowed lookup hits (any guess converges to the same solution)
+    cur[:] = True
+    rounds = 0
+    while True:
+        rounds += 1
+        qh = np.where(q_slot >= 0, cur[np.maximum(q_slot, 0)], q_st == 1)
+        ph = np.where(p_slot >= 0, cur[np.maximum(p_slot, 0)], p_st == 1)
+        qmiss = ~qh
+        miss_before = np.bincount(rep, weights=qmiss & ~after, minlength=amb.size)
+        miss_after = np.bincount(rep, weights=qmiss & after, minlength=amb.size)
+        r = np.where(ph, n_after + miss_before, miss_after).astype(np.int64)
+        new = Dm + r < C
+        if np.array_equal(new, cur):
+            break
+        cur = new
+    stats["rounds"] = max(stats.get("rounds", 0), rounds)
+    hit[amb] = cur
+    return hit
+
+
+def lru_curve(stream: LookupStream, sizes) -> dict:
+    """Exact engine LRU hits at each capacity in ``sizes`` (objects), per phase.
+
+    Returns {"sizes", "hits": (len(sizes), 2) int64 incl. pinned, "lookups": (2,),
+    "lower"/"upper": the one-pass bounds (hits certain / possible) at the same sizes,
+    "windowed": lookups resolved inside a window, "rounds": most fixed-point rounds}."""
+    sizes = np.asarray(list(sizes), dtype=np.int64)
+    bl = _blocks(stream)
+    ph = stream.lookup_phase
+    gsizes = stream.group_sizes
+    starts = stream.starts.astype(np.int64)
+    pinned = np.asarray(stream.pinned_lookups, dtype=np.int64)
+    stats: dict = {}
+    hits = np.zeros((sizes.size, 2), dtype=np.int64)
+    lower = np.zeros((sizes.size, 2), dtype=np.int64)
+    upper = np.zeros((sizes.size, 2), dtype=np.int64)
+    warm = bl.D >= 0
+    for j, C in enumerate(sizes.tolist()):
+        h = _exact_hits_at(bl, starts, gsizes, int(C), stats)
+        lo = warm & (C >= bl.D + bl.b)
+        hi = warm & (bl.D < C)
+        for p_ in (PREFILL, DECODE):
+            m = ph == p_
+            hits[j, p_] = int(h[m].sum()) + pinned[p_]
+            lower[j, p_] = int(lo[m].sum()) + pinned[p_]
+            upper[j, p_] = int(hi[m].sum()) + pinned[p_]
+    return {"sizes": sizes, "hits": hits, "lookups": stream.lookups(), "lower": lower,
+            "upper": upper, "windowed": stats.get("windowed", 0),
+            "rounds": stats.get("rounds", 0)}
+
+
+def lru_bounds_all_sizes(stream: LookupStream) -> dict:
+    """The one-pass bounds for every capacity 1..distinct objects at once (cumulative
+    histograms of D + b and D + 1): hits certain and hits possible, per phase."""
+    bl = _blocks(stream)
+    ph = stream.lookup_phase
+    N = max(1, stream.num_objects)
+    Cs = np.arange(1, N + 1)
+    out = {"sizes": Cs}
+    for name, thr in (("lower", bl.D + bl.b), ("upper", bl.D + 1)):
+        arr = np.zeros((N, 2), dtype=np.int64)
+        for p_ in (PREFILL, DECODE):
+            t = thr[(bl.D >= 0) & (ph == p_)]
+            cum = np.cumsum(np.bincount(np.minimum(t, N + 1), minlength=N + 2))
+            arr[:, p_] = cum[Cs] + stream.pinned_lookups[p_]
+        out[name] = arr
+    return out
+
+
+# ---------------------------------------------------------------------- Belady, per size
+def belady_curve(stream: LookupStream, sizes) -> dict:
+    """Hits of the project's Belady (demand MIN, future = this stream) at each capacity,
+    replayed group by group with the engine's semantics; per phase, pinned included."""
+    from types import SimpleNamespace
+
+    from ..policies.cache.belady import Belady
+
+    sizes = np.asarray(list(sizes), dtype=np.int64)
+    ph = stream.lookup_phase
+    oids = stream.oids.tolist()
+    bounds = stream.starts.tolist() + [stream.n]
+    gph = stream.group_phase.tolist()
+    size = float(stream.object_bytes)
+    hits = np.zeros((sizes.size, 2), dtype=np.int64)
+    ctx = SimpleNamespace(cache_stream=lambda: stream.oids)
+    for j, C in enumerate(sizes.tolist()):
+        cache = Belady(Belady.Params(capacity_gb=0.0), ctx)
+        cache.capacity_bytes = C * size          # exactly C objects
+        access, insert = cache.access, cache.insert
+        h = [0, 0]
+        for g in range(len(bounds) - 1):
+            missed = []
+            for o in oids[bounds[g]:bounds[g + 1]]:
+                if access(o):
+                    h[gph[g]] += 1
+                else:
+                    missed.append(o)
+            for o in missed:
+                insert(o, size)
+        hits[j] = h
+    hits += np.asarray(stream.pinned_lookups, dtype=np.int64)
+    del ph
+    return {"sizes": sizes, "hits": hits, "lookups": stream.lookups()}
