@@ -620,6 +620,20 @@ class Simulation:
                     nq.arrival = self.t
                     future.append(nq)
 
+    def observe_lookups(self, observer) -> None:
+        """Call ``observer(phase, layer, oids)`` with every lookup group the run performs (a
+        layer's distinct objects in lookup order, pinned ones included), before its hits are
+        decided. For tools that need the exact grouping of a run (miss-ratio curves); the
+        MoE-block methods are wrapped on this instance only, so runs without an observer
+        pay nothing."""
+        for name in ("_moe_layer", "_moe_layer_prefetching"):
+            inner = getattr(self, name)
+
+            def wrapped(phase, layer, oids, counts, n, t, _inner=inner):
+                observer(phase, layer, oids)
+                return _inner(phase, layer, oids, counts, n, t)
+            setattr(self, name, wrapped)
+
     def run(self, *, progress=None):
         """Run to completion and return a :class:`simulator.metrics.summary.RunResult`.
         ``progress``: a :func:`simulator.progress.bar` over the trace's tokens, or None."""
