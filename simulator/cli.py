@@ -102,7 +102,8 @@ def cmd_run(a) -> int:
     write_results(result, loaded, out, extra={"wall_s": wall, "trace": str(sim.trace.path),
                                                "model": sim.model.name, "precision": sim.precision})
     if a.json:
-        print(json.dumps(result.summary, indent=1, default=lambda x: None))
+        from .serialize import to_plain
+        print(json.dumps(to_plain(result.summary), indent=1, allow_nan=False))
     elif not a.quiet:
         title = (f"moesim run '{loaded.config.name}' (config {loaded.config_hash}): "
                  f"{sim.model.display_name} {sim.precision} on {sim.system.compute.profile}, "
@@ -128,9 +129,18 @@ def cmd_trace_stats(a) -> int:
 
 
 def cmd_trace_validate(a) -> int:
+    """The schema checks of every load, plus the model checks of ``moesim run`` (experts,
+    layers and top-k against the trace's model, or --model / --model-file)."""
+    from .models.spec import check_trace_matches, get_model, load_model_file
     from .traces.io import read_trace
     tr = read_trace(a.file)
-    print(f"{a.file}: valid. {tr.summary_line()}")
+    if a.model and a.model_file:
+        raise MoesimError("give --model or --model-file, not both")
+    spec = (load_model_file(a.model_file) if a.model_file else
+            get_model(a.model or tr.meta.model,
+                      key="--model" if a.model else f"{a.file}: metadata.model"))
+    check_trace_matches(spec, tr.meta, source=tr.path)
+    print(f"{a.file}: valid. {tr.summary_line()}; matches model {spec.name}")
     for k, v in tr.meta.notes.items():
         if k in ("cross_layer_alignment", "imputed_cells", "gaps"):
             print(f"  note: {k} = {v}")
@@ -381,8 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("file", help="canonical Parquet trace")
     ts.add_argument("--json", action="store_true", help="machine-readable output")
     ts.set_defaults(func=cmd_trace_stats)
-    tv = tsub.add_parser("validate", help="check a trace against the schema (exit 0 if valid)")
+    tv = tsub.add_parser("validate", help="check a trace against the schema and its model "
+                         "(exit 0 if valid)", description="Check a trace as `moesim run` does: "
+                         "the schema, and its experts, layers and top-k against its model "
+                         "(from the catalog, or --model / --model-file).")
     tv.add_argument("file")
+    tv.add_argument("--model", help="check against this catalog model (default: the trace's)")
+    tv.add_argument("--model-file", metavar="SPEC.yaml",
+                    help="check against a model spec file (as run's model.file)")
     tv.set_defaults(func=cmd_trace_validate)
     fi = tsub.add_parser("fit", help="fit a generative routing model (YAML) to a trace",
                          description="Fit a routing model to a canonical trace (or to aggregate "
