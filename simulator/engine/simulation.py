@@ -503,7 +503,9 @@ class Simulation:
         for q in batch:
             q.first_token = t
             q.token_times.append(t)
-            self.kv_tokens_live += q.n_prefill
+            # KV follows the position (as attention does): the prompt's last position + 1
+            q.kv_tokens = int(self.trace.token[q.start + q.n_prefill - 1]) + 1
+            self.kv_tokens_live += q.kv_tokens
             self.warmup.on_prefill_end(q.rid, self.cache)
         self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_tokens_live)
 
@@ -529,7 +531,9 @@ class Simulation:
                 return oids, [cnt[o] for o in oids]
         ctx_sum = self._contexts(rows)          # a decode token reads its whole context
         t = yield from self._iteration(DECODE, rows, n, ctx_sum, lookups, ctx_sum)
-        self.kv_tokens_live += n
+        for q, c in zip(batch, (self.trace.token[rows] + 1).tolist()):
+            self.kv_tokens_live += c - q.kv_tokens       # KV holds positions 0..position
+            q.kv_tokens = c
         self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_tokens_live)
         for q in batch:
             q.decoded += 1
@@ -556,7 +560,7 @@ class Simulation:
 
     def _finish(self, q: Request, t: float) -> None:
         q.finish = t
-        self.kv_tokens_live -= q.n_prefill + q.decoded
+        self.kv_tokens_live -= q.kv_tokens
         q.dec_oids = None
 
     # ------------------------------------------------------------------ main process

@@ -34,6 +34,7 @@ class Request:
     finish: float = float("nan")
     token_times: list = field(default_factory=list)
     decoded: int = 0
+    kv_tokens: int = 0     # KV entries held: last processed position + 1 (see traces/schema.py)
     # cached per-request data for the hot loop
     dec_oids: list | None = None
 

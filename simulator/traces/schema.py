@@ -15,6 +15,14 @@ Tokens are grouped by request, in request order; within a request token position
 all prefill tokens come before decode tokens. Per-request arrival times are optional
 (``arrival_s``). Validation is vectorised and its errors name file, row, request, token, layer
 and field.
+
+**Positions may have gaps** (a trace cut from the middle of requests, a source with missing
+rows, a decode-only run of a prompted request). ``token`` is the position in the real
+sequence, and the simulator gives it one meaning everywhere: a token at position p attends to
+p + 1 cached positions (attention FLOPs and KV reads), and after it its request's KV cache
+holds p + 1 entries (``local.kv_peak_bytes``), whether or not the earlier positions are rows
+of the trace. Only the rows are simulated as tokens (expert lookups, MoE compute, token
+counts and latencies); positions missing from the trace still occupy KV.
 """
 from __future__ import annotations
 
