@@ -127,8 +127,16 @@ class PoolExecutor:
         inflight: dict = {}
         while queue or inflight:
             while queue and len(inflight) < self.workers:
-                t = queue.popleft()
-                inflight[pool.submit(run_point, t)] = t
+                t = queue[0]
+                try:
+                    inflight[pool.submit(run_point, t)] = t
+                except BrokenProcessPool:          # a worker died while idle
+                    if inflight:
+                        break                      # handled below with the in-flight points
+                    self._close()
+                    pool = self._new_pool(min(self.workers, len(queue)))
+                    continue
+                queue.popleft()
             done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             if not any(self._broken(f, BrokenProcessPool) for f in done):
                 for f in done:

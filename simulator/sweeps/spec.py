@@ -490,6 +490,19 @@ class TraceCache:
         return tr
 
 
+def _canonical(raw: Any) -> str:
+    """A config's identity for duplicate detection: 24 and 24.0 are the same value."""
+    def num(x):
+        if isinstance(x, dict):
+            return {str(k): num(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [num(v) for v in x]
+        if isinstance(x, int) and not isinstance(x, bool):
+            return float(x)
+        return x
+    return hashlib.sha256(json.dumps(num(raw), sort_keys=True, default=str).encode()).hexdigest()
+
+
 def point_source(exp: Experiment, p: Point) -> str:
     return f"{exp.source}: point {p.point_id} ({p.key})"
 
@@ -517,11 +530,12 @@ def validate(exp: Experiment, traces: TraceCache | None = None, progress=None) -
         except MoesimError as exc:
             raise MoesimError(f"{src}: {exc}") from None
         p.loaded, p.config_hash, p.trace_path = loaded, loaded.config_hash, str(tpath)
-        other = by_hash.get(p.config_hash)
+        same = _canonical(loaded.raw)
+        other = by_hash.get(same)
         if other is not None:
             raise ConfigError(f"point {p.point_id} ({p.key}) and point {other.point_id} "
                               f"({other.key}) have the same resolved config "
                               f"{p.config_hash}: duplicate points", source=exp.source, key="axes")
-        by_hash[p.config_hash] = p
+        by_hash[same] = p
         if progress is not None:
             progress.update(1)
