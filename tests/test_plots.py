@@ -145,6 +145,41 @@ def test_line_categorical_x_keeps_sweep_order():
         np.testing.assert_allclose(l.get_ydata(), g.mean().to_numpy())
 
 
+def zipped_table() -> pd.DataFrame:
+    """Like pcie_generation.yaml: the link profile zipped with the config name, x cache size."""
+    rows = []
+    for prof, name, slow in (("pcie4_x16", "pcie4", 2.0), ("pcie5_x16", "pcie5", 1.0)):
+        for cap in CAPS:
+            rows.append({"point_id": len(rows), "system.links.pcie.profile": prof, "name": name,
+                         "cache.capacity_gb": cap, "config_hash": f"h{len(rows)}",
+                         "ttft_s.mean": slow * (2 - cap / 40), "tpot_s.mean": slow * (0.5 - cap / 100),
+                         "energy_j.compute": 10.0, "energy_j.link.pcie": slow * cap,
+                         "status": "ok", "error": "", "wall_s": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_defaults_treat_zipped_keys_as_one():
+    df = zipped_table()
+    fig = figure("latency", df)
+    assert fig.moesim_notes == []                          # nothing averaged away
+    lines = series(fig.axes[1])
+    assert [l.get_label() for l in lines] == ["pcie4_x16", "pcie5_x16"]
+    np.testing.assert_allclose(lines[0].get_ydata(), 1e3 * 2 * (0.5 - np.array(CAPS) / 100))
+    assert legend_texts(fig.axes[1]) == ["pcie4_x16", "pcie5_x16"]
+    fig = figure("energy", df)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        f"{p} / {c:g}" for p in ("pcie4_x16", "pcie5_x16") for c in CAPS]
+    fig = figure("latency", df, hue="name", x="cache.capacity_gb")
+    assert fig.moesim_notes == []
+    # averaging over a key that is not drawn is said
+    fig = figure("line", df.drop(columns=["name"]).assign(variant="lru"), x="cache.capacity_gb",
+                 y="tpot_s.mean")
+    assert any("average over rows that differ in system.links.pcie.profile" in n
+               for n in fig.moesim_notes)
+    np.testing.assert_allclose(series(fig.axes[0])[0].get_ydata(),
+                               1e3 * 1.5 * (0.5 - np.array(CAPS) / 100))
+
+
 def test_bar_groups_by_x_one_container_per_hue():
     df = sweep_table()
     fig = figure("bar", df, x="cache.capacity_gb", y="hit_rate.decode", hue="variant")

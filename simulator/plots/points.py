@@ -13,7 +13,7 @@ import pandas as pd
 from ..metrics.definitions import definition_of
 from .inputs import Inputs, close_matches
 
-BOOKKEEPING = ("point_id", "rep", "seed", "config_hash", "status", "error", "wall_s", "name")
+BOOKKEEPING = ("point_id", "rep", "seed", "config_hash", "status", "error", "wall_s")
 
 
 def is_metric(column: str) -> bool:
@@ -30,13 +30,28 @@ def varied(df: pd.DataFrame, columns) -> list[str]:
     return [c for c in columns if df[c].nunique(dropna=False) > 1]
 
 
+def _determines(df: pd.DataFrame, by, column: str) -> bool:
+    """Every group of ``by`` has one value of ``column``."""
+    return bool(df.groupby(list(by), dropna=False)[column].nunique(dropna=False).max() <= 1)
+
+
+def distinct_keys(df: pd.DataFrame, columns) -> list[str]:
+    """``columns`` without zip partners: a column that maps one-to-one onto an earlier one
+    (``name`` zipped with ``system.links.pcie.profile``) adds no grouping."""
+    keep: list[str] = []
+    for c in columns:
+        if not any(_determines(df, [k], c) and _determines(df, [c], k) for k in keep):
+            keep.append(c)
+    return keep
+
+
 def is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
 def default_x(src: Inputs, df: pd.DataFrame, *, numeric: bool, exclude=("variant",)) -> str:
     """The only varied key column (numeric ones if ``numeric``); else ask for ``--x``."""
-    cands = [c for c in varied(df, key_columns(df)) if c not in exclude]
+    cands = [c for c in distinct_keys(df, varied(df, key_columns(df))) if c not in exclude]
     if numeric:
         cands = [c for c in cands if is_numeric(df[c])]
     if len(cands) == 1:
@@ -49,7 +64,13 @@ def default_x(src: Inputs, df: pd.DataFrame, *, numeric: bool, exclude=("variant
 
 
 def default_hue(df: pd.DataFrame, x: str) -> str | None:
-    return "variant" if "variant" in df.columns and x != "variant" else None
+    """``variant`` if the table has one; else the one other swept key that varies (zip
+    partners count once), if there is exactly one."""
+    if "variant" in df.columns and x != "variant":
+        return "variant"
+    others = [c for c in distinct_keys(df, varied(df, key_columns(df)))
+              if c != x and not (_determines(df, [x], c) and _determines(df, [c], x))]
+    return others[0] if len(others) == 1 else None
 
 
 def check_metric(src: Inputs, df: pd.DataFrame, name: str, flag: str = "--y") -> str:
@@ -64,7 +85,9 @@ def check_metric(src: Inputs, df: pd.DataFrame, name: str, flag: str = "--y") ->
 
 def note_averaged(src: Inputs, df: pd.DataFrame, used) -> None:
     """Say when rows that differ in other keys are averaged into one mark."""
-    other = [c for c in varied(df, key_columns(df)) if c not in used]
+    used = [u for u in used if u]
+    other = [c for c in varied(df, key_columns(df)) if c not in used
+             and not (used and _determines(df, used, c))]
     if other:
         src.notes.append(f"{src.label}: marks average over rows that differ in "
                          f"{', '.join(other)} (use --hue or filter the table)")
@@ -106,10 +129,8 @@ def bar_labels(src: Inputs, df: pd.DataFrame, x: str | None, hue: str | None):
     for k in keys:
         src.column(df, k, "--x" if k == x else "--hue")
     if not keys:
-        vary = varied(df, key_columns(df))
-        keys = [c for c in vary if c != "variant"][:1]
-        if "variant" in vary:
-            keys.append("variant")
+        vary = distinct_keys(df, varied(df, key_columns(df)))
+        keys = [c for c in vary if c != "variant"] + (["variant"] if "variant" in vary else [])
         if not keys:
             keys = [c for c in ("name", "point_id") if c in df.columns][:1]
     if not keys:

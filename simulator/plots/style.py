@@ -118,7 +118,7 @@ _KEY_UNITS = [
     ("_usd_per_gb", "USD/GB"), ("_per_s", "1/s"), ("_gb", "GB"), ("_ns", "ns"), ("_us", "µs"),
     ("_ms", "ms"), ("_s", "s"), ("_w", "W"), ("_tflops", "TFLOP/s"), ("_bytes", "B"),
 ]
-_KEY_NAMES = {"name": "run", "point_id": "point"}
+_KEY_NAMES = {"name": "config", "point_id": "point"}
 _KEY_PLAIN_UNITS = {"batch_size": "requests", "capacity_objects": "objects",
                     "max_requests": "requests"}
 _KEY_NOISE = {"system", "tiers", "links", "workload", "devices", "overrides", "cfg"}
