@@ -356,7 +356,7 @@ def mrc_table() -> pd.DataFrame:
 def test_mrc_table_panels_per_phase_belady_dashed():
     t = mrc_table()
     fig = figure("mrc", t)
-    assert [ax.get_title() for ax in fig.axes] == ["prefill", "decode", "all"]
+    assert [ax.get_title() for ax in fig.axes] == ["prefill", "decode", "prefill + decode"]
     for ax, phase in zip(fig.axes, ("prefill", "decode", "all")):
         assert ax.get_xlabel() == "cache size (GB)" and ax.get_ylabel() == "hit rate (%)"
         lru, bel = series(ax)
@@ -382,7 +382,7 @@ def test_mrc_from_a_sweep_table_means_over_repetitions():
     good = ok(df)
     want = good[good["variant"] == "lfu"].groupby("cache.capacity_gb")["hit_rate.decode"].mean()
     np.testing.assert_allclose(lines[1].get_ydata(), want.to_numpy() * 100)
-    assert [a.get_title() for a in figure("mrc", df).axes] == ["prefill", "decode", "all"]
+    assert [a.get_title() for a in figure("mrc", df).axes] == ["prefill", "decode", "prefill + decode"]
 
 
 # ---------------------------------------------------------------------------- CLI and files

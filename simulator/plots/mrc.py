@@ -17,6 +17,7 @@ from .style import fmt_value, is_bound, new_figure
 MRC_COLUMNS = ("policy", "phase", "hit_rate")
 SWEEP_PHASES = {"prefill": "hit_rate.prefill", "decode": "hit_rate.decode", "all": "hit_rate"}
 PHASE_ORDER = ("prefill", "decode", "all")
+PHASE_TITLES = {"all": "prefill + decode"}
 X_LABELS = {"capacity_gb": "cache size (GB)", "capacity_objects": "cache size (objects)",
             "cache.capacity_gb": "cache size (GB)"}
 
@@ -81,7 +82,6 @@ def mrc(src: Inputs, *, x: str | None = None, y: str | None = None, phase: str |
         ax.set_xlabel(X_LABELS[x])
         ax.set_ylabel(("miss ratio" if y == "miss_ratio" else "hit rate") + " (%)")
         ax.set_ylim(0, 100)
-        if len(present) > 1:
-            ax.set_title(p)
+        ax.set_title(PHASE_TITLES.get(p, p))
     axes[-1].legend(title="policy")
     return fig
