@@ -202,24 +202,31 @@ def _exact_hits_at(bl: _Blocks, starts: np.ndarray, sizes: np.ndarray, C: int,
     keep = (q != p[rep]) & (bl.nxt[q] >= bl.gstart[amb][rep])
     rep, q = rep[keep], q[keep]
     after = q > p[rep]
-    n_after = np.bincount(rep, weights=after, minlength=amb.size).astype(np.int64)
+    n_after = np.bincount(rep[after], minlength=amb.size)
     slot = np.full(n, -1, dtype=np.int64)
     slot[amb] = np.arange(amb.size)
     q_slot, p_slot = slot[q], slot[p]
-    q_st, p_st = _certain(bl, q, C), _certain(bl, p, C)
+    # members whose status at C the bounds decide contribute constants; only the pairs with
+    # a windowed member (and windowed p) are recomputed in each round
+    fixed = q_slot < 0
+    fmiss = fixed & (_certain(bl, q, C) != 1)
+    m = amb.size
+    const_before = np.bincount(rep[fmiss & ~after], minlength=m)
+    const_after = np.bincount(rep[fmiss & after], minlength=m)
+    var = np.flatnonzero(~fixed)
+    v_rep, v_slot, v_after = rep[var], q_slot[var], after[var]
+    p_fixed = _certain(bl, p, C) == 1
+    p_var = p_slot >= 0
     Dm = bl.D[amb]
-    cur = hit[amb].copy()
-    # initial guess: every windowed lookup hits (any guess converges to the same solution)
-    cur[:] = True
+    cur = np.ones(m, dtype=bool)   # initial guess; any guess converges to the same solution
     rounds = 0
     while True:
         rounds += 1
-        qh = np.where(q_slot >= 0, cur[np.maximum(q_slot, 0)], q_st == 1)
-        ph = np.where(p_slot >= 0, cur[np.maximum(p_slot, 0)], p_st == 1)
-        qmiss = ~qh
-        miss_before = np.bincount(rep, weights=qmiss & ~after, minlength=amb.size)
-        miss_after = np.bincount(rep, weights=qmiss & after, minlength=amb.size)
-        r = np.where(ph, n_after + miss_before, miss_after).astype(np.int64)
+        vmiss = ~cur[v_slot]
+        miss_before = const_before + np.bincount(v_rep[vmiss & ~v_after], minlength=m)
+        miss_after = const_after + np.bincount(v_rep[vmiss & v_after], minlength=m)
+        ph = np.where(p_var, cur[np.maximum(p_slot, 0)], p_fixed)
+        r = np.where(ph, n_after + miss_before, miss_after)
         new = Dm + r < C
         if np.array_equal(new, cur):
             break
@@ -227,6 +234,16 @@ def _exact_hits_at(bl: _Blocks, starts: np.ndarray, sizes: np.ndarray, C: int,
     stats["rounds"] = max(stats.get("rounds", 0), rounds)
     hit[amb] = cur
     return hit
+
+
+def _threshold_counts(thr: np.ndarray, ph: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(len(sizes), 2): lookups per phase with threshold <= C (cumulative histograms)."""
+    out = np.zeros((sizes.size, 2), dtype=np.int64)
+    top = int(sizes.max()) + 1 if sizes.size else 1
+    for p_ in (PREFILL, DECODE):
+        cum = np.cumsum(np.bincount(np.minimum(thr[ph == p_], top), minlength=top + 1))
+        out[:, p_] = cum[np.minimum(sizes, top)]
+    return out
 
 
 def lru_curve(stream: LookupStream, sizes) -> dict:
@@ -242,40 +259,29 @@ def lru_curve(stream: LookupStream, sizes) -> dict:
     starts = stream.starts.astype(np.int64)
     pinned = np.asarray(stream.pinned_lookups, dtype=np.int64)
     stats: dict = {}
-    hits = np.zeros((sizes.size, 2), dtype=np.int64)
-    lower = np.zeros((sizes.size, 2), dtype=np.int64)
-    upper = np.zeros((sizes.size, 2), dtype=np.int64)
     warm = bl.D >= 0
+    lower = _threshold_counts(bl.D[warm] + bl.b[warm], ph[warm], sizes) + pinned
+    upper = _threshold_counts(bl.D[warm] + 1, ph[warm], sizes) + pinned
+    hits = np.zeros((sizes.size, 2), dtype=np.int64)
     for j, C in enumerate(sizes.tolist()):
         h = _exact_hits_at(bl, starts, gsizes, int(C), stats)
-        lo = warm & (C >= bl.D + bl.b)
-        hi = warm & (bl.D < C)
-        for p_ in (PREFILL, DECODE):
-            m = ph == p_
-            hits[j, p_] = int(h[m].sum()) + pinned[p_]
-            lower[j, p_] = int(lo[m].sum()) + pinned[p_]
-            upper[j, p_] = int(hi[m].sum()) + pinned[p_]
+        hits[j] = np.bincount(ph[h], minlength=2)[:2] + pinned
     return {"sizes": sizes, "hits": hits, "lookups": stream.lookups(), "lower": lower,
             "upper": upper, "windowed": stats.get("windowed", 0),
             "rounds": stats.get("rounds", 0)}
 
 
 def lru_bounds_all_sizes(stream: LookupStream) -> dict:
-    """The one-pass bounds for every capacity 1..distinct objects at once (cumulative
-    histograms of D + b and D + 1): hits certain and hits possible, per phase."""
+    """The one-pass bounds for every capacity 1..distinct objects at once: hits certain
+    (C >= D + b) and hits possible (C > D), per phase, pinned included."""
     bl = _blocks(stream)
     ph = stream.lookup_phase
-    N = max(1, stream.num_objects)
-    Cs = np.arange(1, N + 1)
-    out = {"sizes": Cs}
-    for name, thr in (("lower", bl.D + bl.b), ("upper", bl.D + 1)):
-        arr = np.zeros((N, 2), dtype=np.int64)
-        for p_ in (PREFILL, DECODE):
-            t = thr[(bl.D >= 0) & (ph == p_)]
-            cum = np.cumsum(np.bincount(np.minimum(t, N + 1), minlength=N + 2))
-            arr[:, p_] = cum[Cs] + stream.pinned_lookups[p_]
-        out[name] = arr
-    return out
+    Cs = np.arange(1, max(1, stream.num_objects) + 1)
+    warm = bl.D >= 0
+    pinned = np.asarray(stream.pinned_lookups, dtype=np.int64)
+    return {"sizes": Cs,
+            "lower": _threshold_counts(bl.D[warm] + bl.b[warm], ph[warm], Cs) + pinned,
+            "upper": _threshold_counts(bl.D[warm] + 1, ph[warm], Cs) + pinned}
 
 
 # ---------------------------------------------------------------------- Belady, per size
