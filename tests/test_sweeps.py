@@ -270,8 +270,8 @@ def test_sigkill_then_resume_equals_clean_run(clean, tmp_path, capsys):
     assert not (out / "results.parquet").exists()
     # without --resume the folder is refused
     assert_one_line_error(capsys, ["sweep", str(f), "-o", str(out)], "--resume")
-    p = run_sweep_proc(f, "-o", out, "--resume", "--workers", "1", "-q")
-    assert f"({len(before)} kept from before)" in p.stdout
+    code, stdout, err = run_cli(capsys, "sweep", str(f), "-o", str(out), "--resume", "--workers", "1", "-q")
+    assert code == 0 and f"({len(before)} kept from before)" in stdout, err
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in point_files(out)}
     assert len(after) == 6
     for name, st in before.items():                 # no finished point was recomputed
@@ -318,7 +318,7 @@ def test_ctrl_c_keeps_finished_points(clean, tmp_path):
     assert len(tab) == n and (tab["status"] == "ok").all()
 
 
-def test_failing_point_is_recorded_and_others_finish(tmp_path):
+def test_failing_point_is_recorded_and_others_finish(tmp_path, capsys):
     b = tmp_path / "b.parquet"
     shutil.copy(default_trace_path(), b)
     f = write_exp(tmp_path, set=dict(SLOW_SET), axes=[
@@ -342,10 +342,10 @@ def test_failing_point_is_recorded_and_others_finish(tmp_path):
     # --resume keeps recorded errors; --retry-failed reruns them (and only them)
     shutil.copy(default_trace_path(), b)
     ok_files = {p.name: p.stat().st_mtime_ns for p in point_files(out)[:2]}
-    p = run_sweep_proc(f, "-o", out, "--resume", "-q", check=False)
-    assert p.returncode == 1 and "2 ok, 2 failed (4 kept from before)" in p.stdout
-    p = run_sweep_proc(f, "-o", out, "--resume", "--retry-failed", "-q")
-    assert "4 ok, 0 failed (2 kept from before)" in p.stdout
+    code, stdout, _ = run_cli(capsys, "sweep", str(f), "-o", str(out), "--resume", "-q")
+    assert code == 1 and "2 ok, 2 failed (4 kept from before)" in stdout
+    code, stdout, err = run_cli(capsys, "sweep", str(f), "-o", str(out), "--resume", "--retry-failed", "-q")
+    assert code == 0 and "4 ok, 0 failed (2 kept from before)" in stdout, err
     assert (table(out)["status"] == "ok").all()
     assert {p.name: p.stat().st_mtime_ns for p in point_files(out)[:2]} == ok_files
 
@@ -398,17 +398,22 @@ def test_crashed_worker_is_recorded_and_pool_rebuilt(clean, tmp_path):
                                   table(ref)[good].drop(columns="wall_s"))
 
 
-def test_dask_local_cluster_equals_process_pool(tmp_path, capsys):
-    pytest.importorskip("distributed")
-    f = write_exp(tmp_path, axes=[
-        {"key": "cache.capacity_gb", "values": [12, 48]},
-        {"variants": {"lru": {"cache.name": "lru"}, "belady": {"cache.name": "belady"}}}])
-    pool, dask = tmp_path / "pool", tmp_path / "dask"
-    code, out, err = run_cli(capsys, "sweep", str(f), "-o", str(pool), "--workers", "2", "-q")
+def test_dask_cluster_equals_process_pool(clean, tmp_path, capsys):
+    """An existing Dask cluster (a LocalCluster on loopback, 2 worker processes, reached by
+    its tcp:// address like any user's cluster) gives the process pool's table exactly
+    (except wall_s)."""
+    distributed = pytest.importorskip("distributed")
+    import logging
+    f, pool = clean
+    dask = tmp_path / "dask"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None,
+                                  silence_logs=logging.ERROR) as cluster:
+        addr = cluster.scheduler_address
+        assert addr.startswith("tcp://127.0.0.1:")
+        code, out, err = run_cli(capsys, "sweep", str(f), "-o", str(dask), "--scheduler", addr, "-q")
     assert code == 0, err
-    code, out, err = run_cli(capsys, "sweep", str(f), "-o", str(dask), "--scheduler", "local:2", "-q")
-    assert code == 0, err
-    assert "4 points, 4 ok, 0 failed" in out
+    assert "6 points, 6 ok, 0 failed" in out
     same_table(pool, dask)
     recs = [json.loads(p.read_text()) for p in point_files(dask)]
-    assert all(r["status"] == "ok" for r in recs)
+    assert 1 <= len({r["worker"] for r in recs}) <= 2

@@ -72,9 +72,22 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def _ignore_sigint() -> None:
-    # Ctrl-C reaches the whole process group; only the driver decides what to do with it.
+def _worker_init(driver_pid: int) -> None:
+    """Pool worker setup. Ctrl-C reaches the whole process group; only the driver decides
+    what to do with it. A driver killed with SIGKILL cannot tell its workers: they watch it
+    and exit, instead of lingering as orphans."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(driver_pid, 0)
+            except ProcessLookupError:
+                os._exit(3)
+            except PermissionError:
+                pass
+    threading.Thread(target=watch, name="moesim-driver-watch", daemon=True).start()
 
 
 def _crash_record(task: dict, why: str) -> dict[str, Any]:
@@ -103,8 +116,12 @@ class PoolExecutor:
     def _new_pool(self, n: int):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-        self._pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("forkserver"),
-                                         initializer=_ignore_sigint)
+        ctx = mp.get_context("forkserver")
+        # workers fork from a server that has already imported the simulator
+        ctx.set_forkserver_preload(["simulator.sweeps.runner", "simulator.engine.simulation",
+                                    "simulator.metrics.summary"])
+        self._pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
+                                         initargs=(os.getpid(),))
         return self._pool
 
     def _close(self, kill: bool = False) -> None:

@@ -400,10 +400,12 @@ def _parse_metrics(metrics: Any, src: str) -> list[str]:
 def _parse_figures(figs: Any, src: str, cols: list[str], metrics: list[str] | None) -> list[dict]:
     if not isinstance(figs, list):
         raise _err(src, "figures", f"must be a list of {{kind, file, ...}}, got {figs!r}")
-    try:
-        from ..plots import KINDS
-    except ImportError:
-        KINDS = None
+    KINDS = None
+    if figs:                                    # matplotlib is slow to import: only if needed
+        try:
+            from ..plots import KINDS
+        except ImportError:
+            pass
     from ..metrics.definitions import definition_of
     known = set(cols) | {"point_id", "config_hash"}
     files = set()
