@@ -34,6 +34,40 @@ def _fmt(v, unit: str = "", scale: float = 1.0, digits: int = 4) -> str:
     return f"{v:.{digits}g}{unit}"
 
 
+def _joules(v) -> str:
+    """Energy in J: whole joules with thousands separators from 1,000 J, else 4 digits."""
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:,.0f} J" if abs(v) >= 1000 else f"{v:.4g} J"
+
+
+def _dollars(v) -> str:
+    """One cost format everywhere: whole dollars with separators ($5,802), cents below $100."""
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"${v:,.0f}" if abs(v) >= 100 else f"${v:,.2f}"
+
+
+def energy_parts(s: dict) -> list[tuple[str, float]]:
+    """The parts energy_j.total is the sum of (metrics/definitions.py), grouped as printed:
+    static power of every device, memory dynamic (reads/writes), links, compute (FLOPs)."""
+    def total(prefix):
+        return sum(v for k, v in s.items() if k.startswith(prefix) and v is not None)
+    return [("static power", total("energy_j.static.")),
+            ("memory reads/writes", total("energy_j.dynamic.")),
+            ("links", total("energy_j.link.")),
+            ("compute FLOPs", s["energy_j.compute"])]
+
+
+def energy_parts_text(s: dict) -> str:
+    tot = s["energy_j.total"]
+    out = []
+    for name, v in energy_parts(s):
+        shown = name == "static power" and tot and math.isfinite(tot)
+        out.append(f"{name} {_joules(v)}" + (f" ({100 * v / tot:.0f} %)" if shown else ""))
+    return "= " + " + ".join(out)
+
+
 def format_summary(s: dict, *, title: str, notes: list[str] = ()) -> str:
     lines = [title]
     lines.append(f"  requests {s['requests']:,}: {s['prefill_tokens']:,} prefill + "
@@ -63,11 +97,11 @@ def format_summary(s: dict, *, title: str, notes: list[str] = ()) -> str:
     lines.append(f"  traffic: fetched {_fmt(s['bytes.fetched.prefill'] + s['bytes.fetched.decode'], ' GB', 1e-9)}"
                  + "".join(f"; link {l} {_fmt(s[f'bytes.link.{l}'], ' GB', 1e-9)} "
                            f"(busy {_fmt(s.get(f'utilization.link.{l}'), '%', 100, 3)})" for l in links))
-    lines.append(f"  energy: {_fmt(s['energy_j.total'], ' J')} total, "
-                 f"{_fmt(s['energy_j_per_decode_token'], ' J')} per decode token "
-                 f"(compute {_fmt(s['energy_j.compute'], ' J')}, prefill {_fmt(s['energy_j.prefill'], ' J')}, "
-                 f"decode {_fmt(s['energy_j.decode'], ' J')}, idle {_fmt(s['energy_j.idle'], ' J')})")
-    lines.append(f"  memory: cost ${_fmt(s['memory_cost_usd'], digits=5)}; local "
+    lines.append(f"  energy: {_joules(s['energy_j.total'])} total {energy_parts_text(s)}")
+    lines.append(f"  {'':<8}= prefill {_joules(s['energy_j.prefill'])} + decode "
+                 f"{_joules(s['energy_j.decode'])} + idle {_joules(s['energy_j.idle'])}; "
+                 f"{_fmt(s['energy_j_per_decode_token'], ' J')} per decode token")
+    lines.append(f"  memory: cost {_dollars(s['memory_cost_usd'])}; local "
                  f"{_fmt(s['local.capacity_bytes'], ' GB', 1e-9)} = weights "
                  f"{_fmt(s['local.non_expert_bytes'], ' GB', 1e-9)} + pinned "
                  f"{_fmt(s['local.pinned_bytes'], ' GB', 1e-9)} + cache "
@@ -174,7 +208,7 @@ def cmd_trace_synth(a) -> int:
         decode_len = 64 if a.decode_len is None else a.decode_len
     rep = generate(model, a.output, requests=requests, prompt_len=prompt_len,
                    decode_len=decode_len, seed=a.seed, len_jitter=a.len_jitter,
-                   arrival_rate=a.arrival_rate, router_probs=a.router_probs)
+                   arrival_rate=a.arrival_rate, router_probs=a.router_probs, quiet=a.quiet)
     print(f"wrote {rep['path']}: {rep['requests']} requests, {rep['prefill_tokens']:,} prefill + "
           f"{rep['decode_tokens']:,} decode tokens, {rep['accesses']:,} expert accesses "
           f"({model.model}, seed {a.seed})")
@@ -198,9 +232,11 @@ def cmd_trace_fit(a) -> int:
         is_trace = False
     if is_trace:
         trace = read_trace(src)
-        say = None if a.quiet else (lambda m: print(f"  {m}", file=sys.stderr))
+        from .progress import enabled
+        # a bar on a terminal, else the steps as lines (a log shows where the time goes)
+        say = None if a.quiet or enabled() else (lambda m: print(f"  {m}", file=sys.stderr))
         model = fit_trace(trace, seed=a.seed, calibrate=not a.no_calibrate,
-                          iterations=a.iterations, progress=say)
+                          iterations=a.iterations, progress=say, quiet=a.quiet)
     else:
         model = fit_counts(read_counts(src), num_layers=a.num_layers)
     model.to_yaml(a.output)
@@ -227,7 +263,7 @@ def cmd_trace_compare(a) -> int:
         check_output_file(a.plot, "--plot", suffixes=tuple(f".{f}" for f in _PLOT_FORMATS))
     ta, tb = read_trace(a.a), read_trace(a.b)
     names = (Path(a.a).stem, Path(a.b).stem)
-    res = compare(ta, tb, names=names, belady_max_lookups=a.belady_max_lookups)
+    res = compare(ta, tb, names=names, belady_max_lookups=a.belady_max_lookups, quiet=a.quiet)
     if a.json:
         print(json.dumps(res, indent=1, default=float))
     else:
@@ -242,9 +278,11 @@ def cmd_trace_compare(a) -> int:
 def cmd_trace_holdout(a) -> int:
     from .traces.holdout import format_holdout, holdout_validation
     from .traces.io import read_trace
-    say = None if a.quiet or a.json else (lambda m: print(f"  {m}", file=sys.stderr))
+    from .progress import enabled
+    say = (None if a.quiet or a.json or enabled()
+           else (lambda m: print(f"  {m}", file=sys.stderr)))
     res = holdout_validation(read_trace(a.file), fraction=a.fraction, seed=a.seed,
-                             iterations=a.iterations, progress=say)
+                             iterations=a.iterations, progress=say, quiet=a.quiet)
     if a.json:
         print(json.dumps({k: res[k] for k in ("split", "fraction", "seed", "tokens", "rows")},
                          indent=1, default=float))
@@ -337,6 +375,12 @@ def cmd_models(a) -> int:
     return 0
 
 
+def policy_summary(cls) -> str:
+    """The first paragraph of the policy module's docstring, whole, on one line."""
+    doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip()
+    return " ".join(doc.split("\n\n", 1)[0].split())
+
+
 def cmd_policies(a) -> int:
     from .config.strict import describe
     from .policies.base import AXES
@@ -346,8 +390,7 @@ def cmd_policies(a) -> int:
             raise MoesimError(f"unknown axis '{axis}'; choose from {', '.join(AXES)}")
         print(f"{axis}:")
         for name, cls in AXES[axis].items():
-            doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-            print(f"  {name}: {doc[0] if doc else ''}")
+            print(f"  {name}: {policy_summary(cls)}")
             for key, tp, default, help_ in describe(cls.Params):
                 print(f"      {key} ({tp}, default {default!r}): {help_}")
     return 0
@@ -413,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--no-calibrate", action="store_true", help="direct estimates only")
     fi.add_argument("--num-layers", type=int, default=None,
                     help="MoE layers of the model (counts input only; default: from the catalog)")
-    fi.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    fi.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lines")
     fi.set_defaults(func=cmd_trace_fit)
     co = tsub.add_parser("compare", help="set two traces side by side (cache behaviour first)",
                          description="Compare traces A and B: LRU and Belady hit rates over cache "
@@ -425,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--json", action="store_true", help="machine-readable output")
     co.add_argument("--belady-max-lookups", type=int, default=DEFAULT_BELADY_MAX_LOOKUPS,
                     help="replay Belady on at most this many lookups per stream")
+    co.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     co.set_defaults(func=cmd_trace_compare)
     ho = tsub.add_parser("holdout", help="held-out validation of `trace fit` on a trace",
                          description="Fit on part of a trace, synthesise the held-out part's "
@@ -437,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     ho.add_argument("--seed", type=int, default=0, help="fit seed (synthesis uses seed + 1)")
     ho.add_argument("--iterations", type=int, default=24, help="calibration iterations")
     ho.add_argument("--json", action="store_true", help="machine-readable output")
-    ho.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    ho.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lines")
     ho.set_defaults(func=cmd_trace_holdout)
     sy = tsub.add_parser("synth", help="generate a seeded synthetic trace",
                          description="Generate a synthetic routing trace, from a fitted model "
@@ -473,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--arrival-rate", type=float, default=None,
                     help="record Poisson arrival times at this rate (requests/s)")
     sy.add_argument("--router-probs", action="store_true", help="also store full router distributions")
+    sy.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sy.set_defaults(func=cmd_trace_synth)
     im = tsub.add_parser("import", help="convert a public trace format to canonical Parquet",
                          description="Convert SOURCE (file or folder) to a canonical trace. "

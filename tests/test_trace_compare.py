@@ -326,3 +326,37 @@ def test_sections_are_the_stats_of_each_phase(traces):
     hist = np.histogram(share, bins=np.linspace(0, 1, 21))[0] / share.size
     assert np.allclose(r["gate"]["b"]["hist"], hist)
     assert r["gate"]["b"]["share_gt"]["0.7"] == pytest.approx(np.mean(share > 0.7))
+
+
+def test_request_count_difference_is_explained_by_cold_misses(traces, tmp_path):
+    """One request against many of the same routing model: the prefill stream of one
+    request is all first lookups (ceiling 0), so any Belady gap there is the request count;
+    the ceiling is 1 - distinct objects / lookups of the stream built by hand, every hit
+    rate stays under it, and the note says so in the text and in the figure."""
+    few = _copy(traces["base"]).select_requests([0])
+    many = traces["base_seed2"]
+    res = compare(few, many, names=("few", "many"))
+    hand = {"prefill": _prefill_stream, "decode": _decode_stream}
+    for p in ("prefill", "decode"):
+        c = res["cache"][p]
+        for key, t in (("a", few), ("b", many)):
+            s = hand[p](t)
+            assert c["ceiling"][key] == pytest.approx(1 - np.unique(s).size / s.size)
+            assert max(c["belady"][key]) <= c["belady"]["ceiling"][key] + 1e-12
+            assert max(c["lru"][key]) <= c["ceiling"][key] + 1e-12
+    pre = res["cache"]["prefill"]
+    assert pre["ceiling"]["a"] == 0.0 and pre["belady"]["max_abs_diff_pp"] > 20
+    note = pre["cold_note"]
+    assert note in res["notes"]
+    assert "few has 1 requests, many 6" in note and "request count" in note
+    text = format_compare(res)
+    assert "highest reachable hit rate" in text and "request count" in text
+    assert all(len(line) < 100 for line in text.splitlines())
+    import matplotlib
+    with matplotlib.rc_context({"svg.fonttype": "none"}):        # text stays text in SVG
+        plot_compare(res, tmp_path / "c.svg")
+    svg = (tmp_path / "c.svg").read_text()
+    assert "ceiling (cold misses)" in svg and "request count" in svg
+    # equal request counts: no note
+    same = compare(traces["base"], traces["base_seed2"])
+    assert not any("cold_note" in same["cache"][p] for p in same["phases"])

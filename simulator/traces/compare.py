@@ -65,8 +65,9 @@ def _check_shapes(a: Trace, b: Trace, names) -> None:
                          f"{names[0]} has {shape(a)}, {names[1]} has {shape(b)}")
 
 
-def _belady_hits(stream: np.ndarray, sizes: Iterable[int]) -> list[int]:
-    """Hits of the engine's Belady policy replayed on ``stream`` (demand paging) per size."""
+def _belady_hits(stream: np.ndarray, sizes: Iterable[int], tick=None) -> list[int]:
+    """Hits of the engine's Belady policy replayed on ``stream`` (demand paging) per size;
+    ``tick()`` after each size (progress)."""
     from ..policies.cache.belady import Belady
     stream = np.ascontiguousarray(stream, dtype=np.int64)
     n_distinct = int(np.unique(stream).size)
@@ -91,7 +92,26 @@ def _belady_hits(stream: np.ndarray, sizes: Iterable[int]) -> list[int]:
                         insert(oid, 1e9)
                 done[size] = hits
         out.append(done[size])
+        if tick is not None:
+            tick()
     return out
+
+
+def _cold_note(phase: str, names, basic, ceiling, bel_ceiling) -> str | None:
+    """Why two streams of different request counts differ whatever their routing: every hit
+    rate counts the first (cold) lookup of each object as a miss, and a stream of fewer
+    requests has fewer lookups per object, so a lower ceiling (1 - distinct / lookups)."""
+    ra, rb = basic["a"]["requests"], basic["b"]["requests"]
+    gap = max(abs(ceiling["b"] - ceiling["a"]), abs(bel_ceiling["b"] - bel_ceiling["a"]))
+    if ra == rb or 100 * gap < 1.0:
+        return None
+    def pair(c):
+        return f"{names[0]} {100 * c['a']:.1f} %, {names[1]} {100 * c['b']:.1f} %"
+    bel = ("" if bel_ceiling == ceiling else f"; on the Belady prefix {pair(bel_ceiling)}")
+    return (f"{phase}: {names[0]} has {ra:,} requests, {names[1]} {rb:,}; hit rates count each "
+            f"object's first (cold) lookup as a miss, so the highest reachable hit rate "
+            f"(1 - distinct objects / lookups) is {pair(ceiling)}{bel}: up to "
+            f"{100 * gap:.0f} pp of the gaps come from the request count, not the routing")
 
 
 def _share_hist(trace: Trace) -> np.ndarray:
@@ -120,14 +140,26 @@ def _argmax_abs(x: np.ndarray) -> int | None:
 def compare(a: Trace, b: Trace, *,
             cache_fractions: Iterable[float] = DEFAULT_COMPARE_FRACTIONS,
             belady_max_lookups: int | None = DEFAULT_BELADY_MAX_LOOKUPS,
-            names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
+            names: tuple[str, str] = ("A", "B"), quiet: bool = True) -> dict[str, Any]:
     """Compare trace ``a`` with trace ``b`` (see the module docstring for the result).
 
     ``belady_max_lookups`` bounds the Belady replay (a Python loop, about a microsecond per
     lookup and cache size): longer streams are replayed on their first that many lookups and
     the result says so (``None`` = no bound). Raises :class:`TraceError` when the traces differ
-    in num_layers, num_experts or top_k.
+    in num_layers, num_experts or top_k. ``quiet=False`` draws a progress bar (on a terminal).
     """
+    from ..progress import bar
+    cache_fractions = list(cache_fractions)
+    ca, cb = a.phase_counts(), b.phase_counts()
+    both = sum(1 for p in PHASE_NAMES if ca[p] > 0 and cb[p] > 0)
+    steps = 5 + (1 if b is a else 2) * (1 + len(cache_fractions)) * both
+    with bar(steps, desc="trace compare", unit="step", quiet=quiet) as pb:
+        return _compare(a, b, cache_fractions=cache_fractions,
+                        belady_max_lookups=belady_max_lookups, names=names, tick=pb.update)
+
+
+def _compare(a: Trace, b: Trace, *, cache_fractions, belady_max_lookups, names, tick
+             ) -> dict[str, Any]:
     names = tuple(str(n) for n in names)
     if len(names) != 2:
         raise MoesimError(f"names must hold two names, got {names!r}")
@@ -178,6 +210,7 @@ def compare(a: Trace, b: Trace, *,
                       "gini": {"a": ga, "b": gb},
                       "gini_mean": {"a": float(np.nanmean(ga)), "b": float(np.nanmean(gb))}}
     out["popularity"] = pop_out
+    tick()
 
     # ---- overlap
     inter = {key: stats._overlap_counts(t, stats._cell_masks(t.experts, E)) if phases else None
@@ -195,6 +228,7 @@ def compare(a: Trace, b: Trace, *,
         entry["max_abs_diff"] = None if j is None else float(abs(dl[j]))
         ov_out[p] = entry
     out["overlap"] = ov_out
+    tick()
     del inter
 
     # ---- reuse distances
@@ -206,6 +240,7 @@ def compare(a: Trace, b: Trace, *,
                      "tvd": float(stats.tvd(rd["a"]["pooled_fractions"],
                                             rd["b"]["pooled_fractions"]))}
     out["reuse"] = rd_out
+    tick()
 
     # ---- cross-layer
     if L < 2:
@@ -226,6 +261,7 @@ def compare(a: Trace, b: Trace, *,
         cl["dependence_diff"] = cl["b"]["dependence_bits"] - cl["a"]["dependence_bits"]
         out["cross_layer"] = cl
 
+    tick()
     # ---- gate scores
     missing = [names[i] for i, key in enumerate(KEYS) if tr[key].scores is None]
     if missing:
@@ -242,6 +278,7 @@ def compare(a: Trace, b: Trace, *,
         g["tvd"] = float(stats.tvd(g["a"]["hist"], g["b"]["hist"]))
         out["gate"] = g
 
+    tick()
     # ---- cache
     sizes = [max(1, int(round(f * objects))) for f in fr]
     cache: dict[str, Any] = {"objects": objects, "fractions": fr, "sizes": sizes,
@@ -250,19 +287,24 @@ def compare(a: Trace, b: Trace, *,
     for p in phases:
         code = PHASE_NAMES.index(p)
         lru, bel, lookups, bel_lookups, trunc, lru_prefix = {}, {}, {}, {}, {}, {}
+        ceiling, bel_ceiling = {}, {}
         for key, t in tr.items():
             if key == "b" and b is a:       # compare(t, t): same curves, computed once
-                for d in (lru, bel, lookups, bel_lookups, trunc, lru_prefix):
+                for d in (lru, bel, lookups, bel_lookups, trunc, lru_prefix, ceiling, bel_ceiling):
                     d["b"] = d["a"]
                 continue
             s, sd = stats.phase_stream(t, code)
+            tick()
             n = int(s.size)
             lookups[key] = n
             lru[key] = stats.lru_hit_counts(sd, sizes) / max(n, 1)
             m = n if belady_max_lookups is None else min(n, int(belady_max_lookups))
             bel_lookups[key] = m
             trunc[key] = m < n
-            bel[key] = np.asarray(_belady_hits(s[:m], sizes)) / max(m, 1)
+            # the first lookup of each object misses in any cache: 1 - distinct / lookups
+            ceiling[key] = float((sd >= 0).sum()) / max(n, 1)
+            bel_ceiling[key] = float((sd[:m] >= 0).sum()) / max(m, 1)
+            bel[key] = np.asarray(_belady_hits(s[:m], sizes, tick=tick)) / max(m, 1)
             # stack distances of a prefix are those of the whole stream at its positions
             lru_prefix[key] = stats.lru_hit_counts(sd[:m], sizes) / max(m, 1)
             del sd, s
@@ -276,8 +318,13 @@ def compare(a: Trace, b: Trace, *,
             "belady": {"a": bel["a"], "b": bel["b"], "diff_pp": bel_diff,
                        "max_abs_diff_pp": float(abs(bel_diff[ib])), "max_at_fraction": fr[ib],
                        "lookups": bel_lookups, "truncated": trunc,
-                       "truncated_any": bool(trunc["a"] or trunc["b"])},
+                       "truncated_any": bool(trunc["a"] or trunc["b"]), "ceiling": bel_ceiling},
+            "ceiling": ceiling,
         }
+        note = _cold_note(p, names, basic, ceiling, bel_ceiling)
+        if note:
+            entry["cold_note"] = note
+            notes.append(note)
         if entry["belady"]["truncated_any"]:
             cut = [f"{names[i]} on its first {bel_lookups[key]:,} of {lookups[key]:,} lookups"
                    for i, key in enumerate(KEYS) if trunc[key]]
@@ -351,6 +398,10 @@ def format_compare(result: dict[str, Any]) -> str:
         out.append(f"  max |diff|: LRU {c['lru']['max_abs_diff_pp']:.1f} pp (at "
                    f"{100 * c['lru']['max_at_fraction']:g}%), Belady "
                    f"{bl['max_abs_diff_pp']:.1f} pp (at {100 * bl['max_at_fraction']:g}%)")
+        if c.get("cold_note"):
+            ce = c["ceiling"]
+            out.append(f"  highest reachable hit rate (1 - distinct / lookups): A "
+                       f"{_pct(ce['a'], '.1f')}, B {_pct(ce['b'], '.1f')} (see the notes)")
 
     if phases:
         # ---- popularity
@@ -424,7 +475,8 @@ def format_compare(result: dict[str, Any]) -> str:
     if result.get("notes"):
         out.append("")
         for n in result["notes"]:
-            out += stats._wrap("note: ", [n])
+            out += textwrap.wrap(n, width=99, initial_indent="note: ", subsequent_indent="      ",
+                                 break_on_hyphens=False)
     return "\n".join(out)
 
 
@@ -458,6 +510,19 @@ def plot_compare(result: dict[str, Any], path) -> list[str]:
                 pre = " (prefix)" if c["belady"]["truncated"][key] else ""
                 ax.plot(x, [100 * v for v in c["belady"][key]], "--s", color=colors[key], ms=3,
                         lw=lw, label=f"{label[key]} Belady{pre}")
+            if c.get("cold_note"):
+                # the cold-miss ceilings and why the curves cannot meet
+                for key in KEYS:
+                    ax.axhline(100 * c["ceiling"][key], color=colors[key], ls=":", lw=1,
+                               label=f"{label[key]} ceiling (cold misses)")
+                rq = result["basic"]
+                ax.text(0.02, 0.9, textwrap.fill(
+                    f"{label['a']}: {rq['a']['requests']:,} requests, {label['b']}: "
+                    f"{rq['b']['requests']:,}. Cold (first) lookups cap the hit rate at "
+                    f"{100 * c['ceiling']['a']:.0f} % vs {100 * c['ceiling']['b']:.0f} %: "
+                    f"that part of the gap comes from the request count, not the routing.", 60),
+                    transform=ax.transAxes, fontsize=6.5, va="top", zorder=5,
+                    bbox={"boxstyle": "round", "fc": "white", "alpha": 0.85, "lw": 0.5})
             ax.set_xlabel(f"cache size (% of {cache['objects']:,} (layer, expert) objects)")
             ax.set_ylabel("hit rate (%)")
             ax.set_ylim(0, 100)

@@ -402,13 +402,28 @@ def _update(model: RoutingModel, real: _Targets, sim: _Targets, phases, eta: flo
     return err
 
 
+CHAIN_WEIGHT_STEPS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)    # stage 2
+
+
 def fit_trace(trace: Trace, *, seed: int = 0, calibrate: bool = True, iterations: int = 24,
               calibration_tokens: int = 12_000, seeds: int | None = None,
-              progress: Callable[[str], None] | None = None) -> RoutingModel:
-    """Estimate a :class:`RoutingModel` from ``trace`` (see the module docstring)."""
+              progress: Callable[[str], None] | None = None, quiet: bool = True) -> RoutingModel:
+    """Estimate a :class:`RoutingModel` from ``trace`` (see the module docstring).
+    ``progress`` receives one line per calibration step; ``quiet=False`` draws a progress
+    bar over the steps (on a terminal)."""
     from ..config.strict import check_arg
+    from ..progress import bar
     iterations = check_arg(iterations, "iterations", integer=True, min=0)
     seed = check_arg(seed, "seed", integer=True, min=0)
+    steps = 1 + (iterations + 1 + len(CHAIN_WEIGHT_STEPS) if calibrate else 0)
+    with bar(steps, desc="trace fit", unit="step", quiet=quiet) as pb:
+        return _fit_trace(trace, seed=seed, calibrate=calibrate, iterations=iterations,
+                          calibration_tokens=calibration_tokens, seeds=seeds,
+                          progress=progress, pb=pb)
+
+
+def _fit_trace(trace: Trace, *, seed, calibrate, iterations, calibration_tokens, seeds,
+               progress, pb) -> RoutingModel:
     _require(trace)
     say = progress or (lambda _m: None)
     m = trace.meta
@@ -442,7 +457,9 @@ def fit_trace(trace: Trace, *, seed: int = 0, calibrate: bool = True, iterations
         chain_bank=_chain_bank(trace, seed), lengths=_lengths(trace),
         prefix=_prefix_bank(trace),
         source=f"fitted from {trace.path} ({trace.summary_line()})", notes=notes)
+    pb.update()
     if calibrate:
+        say("direct estimates done; calibrating")
         sub = _subset(trace, calibration_tokens)
         lengths = _lengths(sub)
         if seeds is None:     # small samples are noisy and cheap: average more syntheses
@@ -477,6 +494,8 @@ def fit_trace(trace: Trace, *, seed: int = 0, calibrate: bool = True, iterations
             sim, loss = score(model)
             history.append(round(loss, 4))
             say(f"calibration {it}/{iterations}: loss {loss:.4f}")
+            pb.update()
+            pb.set_postfix_str(f"calibration loss {loss:.4f}")
             if loss < best_loss:
                 best, best_loss = copy.deepcopy(model), loss
             if it == iterations:
@@ -495,12 +514,16 @@ def fit_trace(trace: Trace, *, seed: int = 0, calibrate: bool = True, iterations
         # information while the score stays within 10 % of the best.
         mi_steps = []
         if model.chain_bank is not None and real.mi.size:
-            for gamma in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98):
+            for gamma in CHAIN_WEIGHT_STEPS:
                 cand = copy.deepcopy(model)
                 for ph in cand.phases.values():
                     ph.chain_weight = np.full(L, gamma)
                 sim, loss = score(cand, mi=True)
                 mi_steps.append((gamma, round(float(sim.mi.mean()), 4), round(loss, 4)))
+                say(f"cross-layer chain weight {gamma}: MI {sim.mi.mean():.4f} of "
+                    f"{real.mi.mean():.4f} bits, loss {loss:.4f}")
+                pb.update()
+                pb.set_postfix_str(f"cross-layer weight {gamma}")
                 if loss > best_loss * 1.10 + 0.02:
                     break
                 model = cand

@@ -80,15 +80,17 @@ def _stat_rows(res: dict[str, Any], phase: str) -> list[tuple[str, Any]]:
 def holdout_validation(trace: Trace, *, fraction: float = 0.3, seed: int = 0,
                        iterations: int = 24,
                        belady_max_lookups: int | None = DEFAULT_BELADY_MAX_LOOKUPS,
-                       progress=None) -> dict[str, Any]:
+                       progress=None, quiet: bool = True) -> dict[str, Any]:
     """Fit on the fit part, synthesise with ``seed + 1``, compare on the held-out part.
+    ``progress`` gets the fit's lines; ``quiet=False`` draws progress bars (on a terminal).
 
     A split by request synthesises requests of the held-out lengths. A split inside requests
     synthesises whole requests of the source's lengths and keeps their held-out positions,
     so the synthetic tails sit as far into their requests as the real ones (the model knows
     about request starts: prompt templates, per-request topics)."""
     fit_part, held, how, tail = split_holdout(trace, fraction)
-    model = fit_trace(fit_part, seed=seed, iterations=iterations, progress=progress)
+    model = fit_trace(fit_part, seed=seed, iterations=iterations, progress=progress,
+                      quiet=quiet)
     sc = trace.scores is not None
     if tail is None:
         syn = _synthesise(model, _lengths(held), held.meta, seed=seed + 1, scores=sc)
@@ -96,9 +98,9 @@ def holdout_validation(trace: Trace, *, fraction: float = 0.3, seed: int = 0,
         syn = _renumbered(_synthesise(model, _lengths(trace), held.meta, seed=seed + 1,
                                       scores=sc)._take(tail))
     vs_syn = compare(held, syn, names=("held-out", "synthetic"),
-                     belady_max_lookups=belady_max_lookups)
+                     belady_max_lookups=belady_max_lookups, quiet=quiet)
     vs_fit = compare(held, fit_part, names=("held-out", "fit part"),
-                     belady_max_lookups=belady_max_lookups)
+                     belady_max_lookups=belady_max_lookups, quiet=quiet)
     rows = []
     for phase in vs_syn["phases"]:
         ref = dict(_stat_rows(vs_fit, phase)) if phase in vs_fit["phases"] else {}

@@ -669,15 +669,18 @@ def resolve_lengths(model: RoutingModel, requests: int | None, prompt_len: int |
 
 
 def sample_arrays(model: RoutingModel, P: np.ndarray, D: np.ndarray, seed: int, *,
-                  scores: bool = True, router_probs: bool = False):
+                  scores: bool = True, router_probs: bool = False, progress=None):
     """Yield (w0, w1, experts, scores, probs) per window of requests [w0, w1), the arrays
-    ragged over the window's requests in their original order."""
+    ragged over the window's requests in their original order; ``progress(tokens)`` after
+    each chunk sampled."""
     model.validate()
     lens = P + D
     window_parts: dict = {}
     for w0, w1, idx in chunks(lens, model.num_layers * model.top_k):
         crng = np.random.default_rng([seed, int(idx[0])])
         ex, sc, pr = ChunkSampler(model, crng, P[idx], D[idx], scores, router_probs).run()
+        if progress is not None:
+            progress(int(lens[idx].sum()))
         offs = np.concatenate(([0], np.cumsum(lens[idx])))
         parts = window_parts.setdefault((w0, w1), {})
         for j, r in enumerate(idx.tolist()):
@@ -694,8 +697,10 @@ def sample_arrays(model: RoutingModel, P: np.ndarray, D: np.ndarray, seed: int, 
 def generate(model: RoutingModel, path: str | Path, *, requests: int | None = None,
              prompt_len: int | None = None, decode_len: int | None = None, seed: int = 0,
              len_jitter: float = 0.0, arrival_rate: float | None = None, scores: bool = True,
-             router_probs: bool = False, trace_model: str | None = None) -> dict[str, Any]:
+             router_probs: bool = False, trace_model: str | None = None,
+             quiet: bool = True) -> dict[str, Any]:
     """Stream a synthetic trace to ``path``; returns a small report (tokens, accesses).
+    ``quiet=False`` draws a progress bar over the tokens (on a terminal).
 
     Lengths: ``prompt_len`` / ``decode_len`` per request (uniform in ``[(1-j)x, (1+j)x]`` for
     ``len_jitter`` j), or, when both are None, the fitted model's recorded request lengths.
@@ -721,10 +726,13 @@ def generate(model: RoutingModel, path: str | Path, *, requests: int | None = No
                             **{k: v for k, v in to_plain(model.notes, nonfinite_as_none=False).items() if k == "knobs"}})
     L, k = model.num_layers, model.top_k
     tokens = 0
-    with TraceWriter(path, meta, list(range(n)), arrival_s=arrivals, has_scores=scores,
-                     probs_dtype=np.float16 if router_probs else None) as w:
+    from ..progress import bar
+    with bar(int((P + D).sum()), desc="trace synth", unit="tok", quiet=quiet) as pb, \
+            TraceWriter(path, meta, list(range(n)), arrival_s=arrivals, has_scores=scores,
+                        probs_dtype=np.float16 if router_probs else None) as w:
         for c0, c1, ex, sc, pr in sample_arrays(model, P, D, seed, scores=scores,
-                                                router_probs=router_probs):
+                                                router_probs=router_probs,
+                                                progress=pb.update):
             lens = (P + D)[c0:c1]
             rid = np.repeat(np.arange(c0, c1), lens)
             tok = np.concatenate([np.arange(x) for x in lens])
