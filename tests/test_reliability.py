@@ -162,12 +162,14 @@ CASES = [
     # --- values numpy / the standard library used to reject deep inside
     ("metadata num_layers -3", lambda t, m: (["trace", "validate", trace_meta(t, num_layers=-3)],
                                              ["meta.parquet", "metadata.num_layers", "-3"])),
-    ("metadata num_layers string", lambda t, m: (
-        ["trace", "validate", trace_meta(t, num_layers="32")], ["meta.parquet", "metadata.num_layers"])),
+    ("metadata model not a string", lambda t, m: (["trace", "validate", trace_meta(t, model=5)],
+                                                  ["meta.parquet", "metadata.model"])),
+    ("metadata notes not an object", lambda t, m: (["trace", "validate", trace_meta(t, notes=[1])],
+                                                   ["meta.parquet", "metadata.notes"])),
     ("metadata top_k 0", lambda t, m: (["trace", "validate", trace_meta(t, top_k=0)],
                                        ["meta.parquet", "metadata.top_k"])),
-    ("metadata expert_order", lambda t, m: (["trace", "validate", trace_meta(t, expert_order="x")],
-                                            ["meta.parquet", "metadata.expert_order"])),
+    ("metadata num_experts 70000", lambda t, m: (
+        ["trace", "validate", trace_meta(t, num_experts=70000)], ["meta.parquet", "metadata.num_experts"])),
     ("arrival_s string", lambda t, m: (
         ["trace", "validate", trace_meta(t, arrival_s=["soon"] + [0.0] * 7)],
         ["meta.parquet", "metadata.arrival_s[0]", "soon"])),
@@ -368,5 +370,10 @@ def test_trace_metadata_nonfinite_roundtrip(tmp_path):
     tr = read_trace(default_trace_path())
     tr.meta.notes.update(big=math.inf, small=-math.inf, nested={"x": [math.nan, 1.5]})
     back = read_trace(write_trace(tr, tmp_path / "t.parquet"))
+
+    def reject(token):
+        raise AssertionError(f"non-JSON token {token}")
+    json.loads(pq.ParquetFile(tmp_path / "t.parquet").schema_arrow.metadata[METADATA_KEY],
+               parse_constant=reject)
     assert back.meta.notes["big"] == math.inf and back.meta.notes["small"] == -math.inf
     assert math.isnan(back.meta.notes["nested"]["x"][0]) and back.meta.notes["nested"]["x"][1] == 1.5
