@@ -96,6 +96,13 @@ def build_system(cfg: SystemConfig, *, source: str | None = None) -> System:
     links: dict[str, Link] = {}
     for name, lc in cfg.links.items():
         key = f"system.links.{name}"
+        if "reverse_bw_gbytes_per_s" in lc.overrides:
+            # Every transfer moves toward the compute unit (experts are read-only, KV stays
+            # local): the reverse direction carries nothing, so the key would change nothing.
+            raise ConfigError("no transfer moves away from the compute unit in this simulator "
+                              "(expert fetches only go toward it), so overriding it would change "
+                              "nothing; remove it", source=source,
+                              key=f"{key}.reverse_bw_gbytes_per_s")
         lp = get_profile(lc.profile, kind="link", key=f"{key}.profile", source=source or "")
         lp = lp.with_overrides(lc.overrides, source=source or "config", key_prefix=key)
         spec = link_spec(lp)
