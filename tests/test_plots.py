@@ -169,6 +169,9 @@ def test_defaults_treat_zipped_keys_as_one():
     fig = figure("energy", df)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
         f"{p} / {c:g}" for p in ("pcie4_x16", "pcie5_x16") for c in CAPS]
+    np.testing.assert_allclose(fig.axes[0].get_xticks(), [0, 1, 2, 3.5, 4.5, 5.5])  # group gap
+    link = bars(fig.axes[0])[-1]
+    np.testing.assert_allclose([b.get_height() for b in link], df["energy_j.link.pcie"])
     fig = figure("latency", df, hue="name", x="cache.capacity_gb")
     assert fig.moesim_notes == []
     # averaging over a key that is not drawn is said

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from .inputs import Inputs
 from .points import (check_metric, default_hue, default_x, groups, is_numeric, mean_std,
                      note_averaged, ordered_values)
-from .style import axis_label, fmt_value, is_bound, new_figure
+from .style import axis_label, fmt_value, is_bound, legend, new_figure
 
 LATENCY_METRICS = ("ttft_s.mean", "tpot_s.mean")
 
@@ -56,9 +56,9 @@ def metric_name_label(y: str) -> str:
     return axis_label(y)[0]
 
 
-def _legend(ax, hue: str | None) -> None:
+def _legend(ax, hue: str | None, outside: bool = False) -> None:
     if hue:
-        ax.legend(title=axis_label(hue)[0])
+        legend(ax, title=axis_label(hue)[0], outside=outside)
 
 
 def latency(src: Inputs, *, x: str | None = None, y: str | None = None,
@@ -76,7 +76,7 @@ def latency(src: Inputs, *, x: str | None = None, y: str | None = None,
         draw_lines(ax, df, x, m, hue)
         if len(metrics) > 1:
             ax.set_title(m.split(".")[0].removesuffix("_s").upper())
-    _legend(axes[-1], hue)
+    _legend(axes[-1], hue, outside=len(axes) > 1)
     return fig
 
 

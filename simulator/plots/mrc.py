@@ -12,7 +12,7 @@ import pandas as pd
 
 from .inputs import Inputs
 from .points import mean_std, ordered_values
-from .style import fmt_value, is_bound, new_figure
+from .style import fmt_value, is_bound, legend, new_figure
 
 MRC_COLUMNS = ("policy", "phase", "hit_rate")
 SWEEP_PHASES = {"prefill": "hit_rate.prefill", "decode": "hit_rate.decode", "all": "hit_rate"}
@@ -83,5 +83,5 @@ def mrc(src: Inputs, *, x: str | None = None, y: str | None = None, phase: str |
         ax.set_ylabel(("miss ratio" if y == "miss_ratio" else "hit rate") + " (%)")
         ax.set_ylim(0, 100)
         ax.set_title(PHASE_TITLES.get(p, p))
-    axes[-1].legend(title="policy")
+    legend(axes[-1], title="policy", outside=len(axes) > 1)
     return fig

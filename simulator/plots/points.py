@@ -125,6 +125,8 @@ def bar_labels(src: Inputs, df: pd.DataFrame, x: str | None, hue: str | None):
     """The keys that name one bar of a stacked-bar plot (energy, placement): ``x`` and/or
     ``hue`` when given; else the varied swept key and ``variant``; else the run's name or
     the point id."""
+    if x and not hue and x != "variant" and "variant" in varied(df, key_columns(df)):
+        hue = "variant"
     keys = [k for k in (x, hue) if k]
     for k in keys:
         src.column(df, k, "--x" if k == x else "--hue")

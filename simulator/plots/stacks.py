@@ -33,8 +33,9 @@ def energy_components(columns) -> list[tuple[str, str]]:
     return out
 
 
-def _bars(df: pd.DataFrame, keys: list[str], columns: list[str]) -> tuple[list[str], pd.DataFrame]:
-    """Bar labels and the mean of each column per bar (missing devices as 0)."""
+def _bars(df: pd.DataFrame, keys: list[str], columns: list[str]):
+    """Bar labels, bar positions (a gap between groups of the first key when there are
+    several keys) and the mean of each column per bar (missing devices as 0)."""
     vals = df[columns].astype(float).fillna(0.0)
     grouped = pd.concat([df[keys], vals], axis=1).groupby(keys, sort=False, dropna=False).mean()
     order = grouped.index.to_frame(index=False)
@@ -45,7 +46,11 @@ def _bars(df: pd.DataFrame, keys: list[str], columns: list[str]) -> tuple[list[s
     grouped = grouped.iloc[idx]
     labels = [" / ".join(fmt_value(v) for v in (t if isinstance(t, tuple) else (t,)))
               for t in grouped.index]
-    return labels, grouped.reset_index(drop=True)
+    x = np.arange(len(labels), dtype=float)
+    if len(keys) > 1:
+        first = order[keys[0]].iloc[idx].to_numpy()
+        x += 0.5 * np.concatenate(([0], np.cumsum(first[1:] != first[:-1])))
+    return labels, x, grouped.reset_index(drop=True)
 
 
 def _colors(n: int):
@@ -53,11 +58,11 @@ def _colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def draw_stack(ax, labels, means: pd.DataFrame, components, scale: float, ylabel: str):
-    """Stack ``components`` (column, label) bar by bar; one BarContainer per component."""
+def draw_stack(ax, labels, x, means: pd.DataFrame, components, scale: float, ylabel: str):
+    """Stack ``components`` (column, label) bar by bar at positions ``x``; one BarContainer
+    per component."""
     kept = [(c, lab) for c, lab in components if (means[c] != 0).any()]
     bottom = np.zeros(len(labels))
-    x = np.arange(len(labels))
     for (c, lab), color in zip(kept, _colors(len(kept))):
         h = means[c].to_numpy(float) * scale
         ax.bar(x, h, bottom=bottom, width=0.6, label=lab, color=color)
@@ -66,7 +71,7 @@ def draw_stack(ax, labels, means: pd.DataFrame, components, scale: float, ylabel
                   ha="right" if len(labels) > 3 else "center")
     ax.set_ylabel(ylabel)
     ax.grid(axis="x", visible=False)
-    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_xlim(x[0] - 0.6, x[-1] + 0.6)
     return kept
 
 
@@ -80,9 +85,9 @@ def energy(src: Inputs, *, x: str | None = None, hue: str | None = None):
         src.require(df, ["energy_j.compute", "energy_j.static.<device>",
                          "energy_j.dynamic.<device>", "energy_j.link.<link>"], "(energy components)")
     df, keys = bar_labels(src, df, x, hue)
-    labels, means = _bars(df, keys, [c for c, _ in comps])
+    labels, x, means = _bars(df, keys, [c for c, _ in comps])
     fig, (ax,) = new_figure(width_in=3.5 if len(labels) <= 6 else 7.0)
-    draw_stack(ax, labels, means, comps, 1.0, "energy (J)")
+    draw_stack(ax, labels, x, means, comps, 1.0, "energy (J)")
     ax.set_xlabel(" / ".join(axis_label(k)[0] for k in keys))
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6)
     return fig
@@ -117,11 +122,11 @@ def placement(src: Inputs, *, x: str | None = None, hue: str | None = None, by: 
         panels.append((prefix, cols))
     fig, axes = new_figure(ncols=2)
     for ax, (prefix, cols) in zip(axes, panels):
-        labels, means = _bars(df, keys, cols)
+        labels, x, means = _bars(df, keys, cols)
         scale = axis_label(cols[0])[1]          # bytes -> GB
         ylabel = {"placement.experts.": "experts homed (count)",
                   "placement.bytes.": "expert bytes homed (GB)"}[prefix]
-        draw_stack(ax, labels, means, [(c, c[len(prefix):]) for c in cols], scale, ylabel)
+        draw_stack(ax, labels, x, means, [(c, c[len(prefix):]) for c in cols], scale, ylabel)
         ax.set_xlabel(" / ".join(axis_label(k)[0] for k in keys))
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title=by)
     return fig

@@ -154,3 +154,12 @@ def axis_label(column: str) -> tuple[str, float]:
 def is_bound(name) -> bool:
     """Belady (MIN) is the offline optimum: drawn dashed as the bound."""
     return "belady" in str(name).lower()
+
+
+def legend(ax, *, title: str | None = None, outside: bool = False):
+    """Inside the axes where it hides least; ``outside`` (multi-panel figures): right of the
+    last panel, so no panel's data is covered."""
+    if outside:
+        return ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                         borderaxespad=0.0)
+    return ax.legend(title=title)
