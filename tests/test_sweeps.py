@@ -255,6 +255,7 @@ def test_clean_table_contract(clean):
     # the workers read the trace once per worker, not once per point
     recs = [json.loads(p.read_text()) for p in point_files(out)]
     assert len({r["worker"] for r in recs}) == 1
+    assert [r["trace_reads"] for r in recs] == [1] * 6
 
 
 def test_sigkill_then_resume_equals_clean_run(clean, tmp_path, capsys):
@@ -417,3 +418,20 @@ def test_dask_cluster_equals_process_pool(clean, tmp_path, capsys):
     same_table(pool, dask)
     recs = [json.loads(p.read_text()) for p in point_files(dask)]
     assert 1 <= len({r["worker"] for r in recs}) <= 2
+
+
+def test_save_runs_writes_each_points_results_folder(tmp_path, capsys):
+    f = write_exp(tmp_path, save_runs=True, metrics=["tpot_s.mean", "hit_rate.decode"],
+                  axes=[{"key": "cache.capacity_gb", "values": [24, 48]}])
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "sweep", str(f), "-o", str(out), "--workers", "1", "-q")
+    assert code == 0, err
+    tab = table(out)
+    assert list(tab.columns) == ["point_id", "cache.capacity_gb", "config_hash", "tpot_s.mean",
+                                 "hit_rate.decode", "status", "error", "wall_s"]
+    for i in (0, 1):
+        summ = json.loads((out / "runs" / f"{i:05d}" / "summary.json").read_text())
+        run = json.loads((out / "runs" / f"{i:05d}" / "run.json").read_text())
+        assert run["config_hash"] == tab.loc[i, "config_hash"]
+        assert summ["tpot_s.mean"] == tab.loc[i, "tpot_s.mean"]
+        assert summ["cache.capacity_bytes"] == [24e9, 48e9][i]

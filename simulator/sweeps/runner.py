@@ -406,7 +406,8 @@ def run_sweep(exp: Experiment, out: Path, *, workers: int, scheduler: str | None
     old = check_folder(out, exp, resume)
     if scheduler:
         probe_scheduler(scheduler)
-    validate(exp)
+    with bar(len(exp.points), desc="validate", unit="pt", quiet=quiet) as vbar:
+        validate(exp, progress=vbar)
     if old is not None:
         diff = diff_points(old, exp)
         if diff:
@@ -437,7 +438,8 @@ def run_sweep(exp: Experiment, out: Path, *, workers: int, scheduler: str | None
         rec = {"point_id": p.point_id, "point_key": p.key, "config_hash": p.config_hash,
                "values": p.values, "metrics": rec.get("metrics") or {},
                "status": rec["status"], "error": rec.get("error", ""),
-               "wall_s": rec.get("wall_s"), "worker": rec.get("worker", "")}
+               "wall_s": rec.get("wall_s"), "worker": rec.get("worker", ""),
+               "trace_reads": rec.get("trace_reads")}
         write_point(out, rec)
         if rec["status"] == "ok":
             res.ok += 1
