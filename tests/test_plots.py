@@ -429,7 +429,7 @@ def test_every_kind_renders_from_the_cli(sweep_dir, cxl_run, tmp_path, capsys):
 @pytest.mark.parametrize("case", [
     "unknown-kind", "no-kind", "missing-results", "lacks-columns", "layers-lack-columns",
     "bad-y", "bad-x", "bad-hue", "no-ok-rows", "unwritable", "bad-suffix", "unused-flag",
-    "needs-run-folder", "bad-phase", "ambiguous-x", "not-a-table"])
+    "needs-run-folder", "no-events", "bad-phase", "ambiguous-x", "not-a-table"])
 def test_bad_input_is_one_line_error(case, sweep_dir, cxl_run, tmp_path, capsys):
     res = str(sweep_dir)
     table = str(sweep_dir / "results.parquet")
@@ -455,6 +455,8 @@ def test_bad_input_is_one_line_error(case, sweep_dir, cxl_run, tmp_path, capsys)
         "unused-flag": (["plot", res, "--kind", "latency", "--phase", "decode"],
                         ["plot latency", "--phase not used"]),
         "needs-run-folder": (["plot", res, "--kind", "occupancy"], ["occupancy", "transfers.parquet"]),
+        "no-events": (["plot", str(_without(cxl_run, tmp_path, "transfers.parquet")), "--kind", "occupancy"],
+                      ["no-events", "transfers.parquet", "output.events"]),
         "bad-phase": (["plot", str(cxl_run), "--kind", "layer_hits", "--phase", "warmup"],
                       ["layers.csv", "--phase warmup", "prefill, decode"]),
         "ambiguous-x": (["plot", str(_two_keys(sweep_dir, tmp_path)), "--kind", "latency"],
@@ -462,6 +464,13 @@ def test_bad_input_is_one_line_error(case, sweep_dir, cxl_run, tmp_path, capsys)
         "not-a-table": (["plot", str(cxl_run / "run.json"), "--kind", "energy"], ["run.json", ".parquet or .csv"]),
     }[case]
     assert_one_line_error(capsys, argv, *needles)
+
+
+def _without(run_dir, tmp_path, name):
+    import shutil
+    d = shutil.copytree(run_dir, tmp_path / "no-events")
+    (d / name).unlink()
+    return d
 
 
 def _drop(sweep_dir, tmp_path, col):

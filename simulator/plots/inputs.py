@@ -155,9 +155,11 @@ class Inputs:
                     return self._read(path)
         if not required:
             return None
+        file = "layers.csv" if name == "layers" else f"{name}.parquet"
         hint = " (written when output.events is true)" if name in ("steps", "transfers") else ""
         where = self.run_dir or self.table_file or self.label
-        raise self.error(f"needs a run folder with {name}.parquet or {name}.csv{hint}", where)
+        what = "this run folder has none" if self.run_dir else "got no run folder"
+        raise self.error(f"needs a run's {file}{hint}; {what}", where)
 
     def _primary_table(self) -> str:
         return {"layer_hits": "layers", "occupancy": "transfers"}.get(self.kind, "points")
