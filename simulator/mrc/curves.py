@@ -124,6 +124,7 @@ def _count_before_at_least(vals: np.ndarray, a: np.ndarray, b: np.ndarray) -> np
     level = np.zeros(size, dtype=np.int64)        # padding 0 = below every b + 1
     level[:n] = vals + 1
     key_b = b.astype(np.int64) + 1
+    idx = np.arange(size, dtype=np.int64)
     j = 0
     while (1 << j) <= size:
         w = 1 << j
@@ -132,7 +133,7 @@ def _count_before_at_least(vals: np.ndarray, a: np.ndarray, b: np.ndarray) -> np
         sel = np.flatnonzero((a >> j) & 1)
         if sel.size:
             k = (a[sel] >> j) - 1                  # the block [k w, (k+1) w) of [0, a)
-            keys = level + np.repeat(np.arange(size // w, dtype=np.int64) * span, w)
+            keys = level + (idx >> j) * span       # block id * span: one sorted array
             pos = np.searchsorted(keys, k * span + key_b[sel], side="left")
             out[sel] += (k + 1) * w - pos
         j += 1
@@ -148,6 +149,14 @@ class _Blocks:
     gstart: np.ndarray               # per lookup: start of its own group
     D: np.ndarray                    # -1 for a first (cold) lookup
     b: np.ndarray                    # 0 for a cold lookup
+    lo: np.ndarray = None            # miss at C <= lo (D; never-hit for cold lookups)
+    hi: np.ndarray = None            # hit at C >= hi (D + b; never for cold lookups)
+
+    def __post_init__(self):
+        never = np.iinfo(np.int64).max
+        cold = self.D < 0
+        self.lo = np.where(cold, never, self.D)
+        self.hi = np.where(cold, never, self.D + self.b)
 
 
 def _blocks(stream: LookupStream) -> _Blocks:
@@ -161,35 +170,29 @@ def _blocks(stream: LookupStream) -> _Blocks:
     D = np.full(n, -1, dtype=np.int64)
     b = np.zeros(n, dtype=np.int64)
     if warm.size:
-        p = prev[warm]
-        sH = gstart[warm]
-        sG, eG = gstart[p], gend[p]
+        # D and b depend only on the pair (G, H) of groups: answer each pair once
+        pair = grp[prev[warm]] * np.int64(starts.size) + grp[warm]
+        upair, inv = np.unique(pair, return_inverse=True)
+        Gu, Hu = np.divmod(upair, np.int64(starts.size))
+        sH, sG = starts[Hu], starts[Gu]
+        eG = sG + sizes[Gu]
         # distinct objects seen before s_H, minus those seen before e_G and not since
         seen = np.r_[0, np.cumsum(prev < 0)]
-        D[warm] = seen[sH] - _count_before_at_least(nxt, eG, sH)
+        D[warm] = (seen[sH] - _count_before_at_least(nxt, eG, sH))[inv]
         # block: members q of G with nxt[q] >= s_H; per group sorted nxt, one searchsorted
         span = np.int64(n + 1)
         keys = np.sort(grp * span + nxt)            # group-major, each group's nxt ascending
-        b[warm] = eG - np.searchsorted(keys, grp[p] * span + sH, side="left")
+        b[warm] = (eG - np.searchsorted(keys, Gu * span + sH, side="left"))[inv]
     return _Blocks(prev, nxt, grp, gstart, D, b)
 
 
 # ---------------------------------------------------------------------- exact per size
-def _certain(bl: _Blocks, q: np.ndarray, C: int) -> np.ndarray:
-    """Status of lookups q at capacity C where the one-pass bounds decide it: 1 hit, 0 miss,
-    -1 inside its window."""
-    D, b = bl.D[q], bl.b[q]
-    st = np.where(C >= D + b, 1, -1)
-    st[(D < 0) | (C <= D)] = 0
-    return st
-
-
 def _exact_hits_at(bl: _Blocks, starts: np.ndarray, sizes: np.ndarray, C: int,
                    stats: dict) -> np.ndarray:
     """Boolean hit of every lookup at capacity C (objects)."""
     n = bl.D.size
-    hit = (bl.D >= 0) & (C >= bl.D + bl.b)
-    amb = np.flatnonzero((bl.D >= 0) & (bl.D < C) & (C < bl.D + bl.b))
+    hit = bl.hi <= C
+    amb = np.flatnonzero((bl.lo < C) & ~hit)
     stats["windowed"] = stats.get("windowed", 0) + int(amb.size)
     if amb.size == 0:
         return hit
@@ -209,13 +212,13 @@ def _exact_hits_at(bl: _Blocks, starts: np.ndarray, sizes: np.ndarray, C: int,
     # members whose status at C the bounds decide contribute constants; only the pairs with
     # a windowed member (and windowed p) are recomputed in each round
     fixed = q_slot < 0
-    fmiss = fixed & (_certain(bl, q, C) != 1)
+    fmiss = fixed & (bl.hi[q] > C)        # not windowed and not a certain hit: a miss
     m = amb.size
     const_before = np.bincount(rep[fmiss & ~after], minlength=m)
     const_after = np.bincount(rep[fmiss & after], minlength=m)
     var = np.flatnonzero(~fixed)
     v_rep, v_slot, v_after = rep[var], q_slot[var], after[var]
-    p_fixed = _certain(bl, p, C) == 1
+    p_fixed = bl.hi[p] <= C
     p_var = p_slot >= 0
     Dm = bl.D[amb]
     cur = np.ones(m, dtype=bool)   # initial guess; any guess converges to the same solution
