@@ -41,7 +41,7 @@ def draw_lines(ax, df: pd.DataFrame, x: str, y: str, hue: str | None) -> None:
         xv = agg[x].map(pos).to_numpy(float) if pos else agg[x].to_numpy(float) * xs
         mean = agg["mean"].to_numpy(float) * ys
         line, = ax.plot(xv, mean, marker="o", linestyle="--" if is_bound(value) else "-",
-                        label=fmt_value(value) if hue else metric_name_label(y))
+                        label=fmt_value(value) if hue else ylabel)
         if (agg["n"] > 1).any():
             ax.errorbar(xv, mean, yerr=np.nan_to_num(agg["std"].to_numpy(float)) * ys, fmt="none",
                         ecolor=line.get_color(), elinewidth=0.8, capsize=2, label="_nolegend_")
@@ -50,10 +50,6 @@ def draw_lines(ax, df: pd.DataFrame, x: str, y: str, hue: str | None) -> None:
                       rotation=30 if len(pos) > 4 else 0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-
-
-def metric_name_label(y: str) -> str:
-    return axis_label(y)[0]
 
 
 def _legend(ax, hue: str | None, outside: bool = False) -> None:
