@@ -292,6 +292,41 @@ def test_layer_hits_heatmap_is_hits_over_lookups(cxl_run):
     assert fig.axes[0].images[0].get_array().shape == (1, 32)
 
 
+def test_layer_hits_from_a_table_sums_runs_and_blanks_empty_layers():
+    t = pd.DataFrame({"layer": [0, 1, 2, 0, 1, 2, 0], "phase": ["decode"] * 3 + ["prefill"] * 3 + ["decode"],
+                      "lookups": [10, 0, 4, 8, 8, 8, 10], "hits": [5, 0, 1, 2, 4, 8, 10]})
+    fig = figure("layer_hits", t)
+    img = fig.axes[0].images[0].get_array()
+    assert img.shape == (2, 3)
+    np.testing.assert_allclose(img[0], [25.0, 50.0, 100.0])                # prefill
+    assert img[1, 0] == 75.0 and img.mask[1, 1] and img[1, 2] == 25.0      # decode: 15/20, -, 1/4
+
+
+def test_occupancy_from_tables_closed_form():
+    """dram -> pcie; ssd -> pcie2 + pcie. 4 GB over [0, 2) s and 2 GB over [1, 2) s from dram, 1 GB
+    over [3, 4) s from ssd; 4 bins of 1 s."""
+    frames = {
+        "transfers": pd.DataFrame({"start_s": [0.0, 1.0, 3.0], "end_s": [2.0, 2.0, 4.0],
+                                   "bytes": [4e9, 2e9, 1e9], "src_device": ["dram", "dram", "ssd"]}),
+        "hardware": {"devices": {"hbm": {"path": []}, "dram": {"path": ["pcie"]},
+                                 "ssd": {"path": ["pcie2", "pcie"]}},
+                     "links": {"pcie": {}, "pcie2": {}}},
+        "steps": pd.DataFrame({"end_s": [1.0, 2.5, 4.0], "cache_bytes": [1e9, 3e9, 3e9]}),
+        "summary": {"makespan_s": 4.0, "cache.capacity_bytes": 3e9},
+    }
+    fig = figure("occupancy", frames, bins=4)
+    ax_f, ax_l, ax_c = fig.axes
+    dram, ssd = series(ax_f)
+    np.testing.assert_allclose(dram.get_ydata(), [2.0, 4.0, 0.0, 0.0])     # GB/s
+    np.testing.assert_allclose(ssd.get_ydata(), [0.0, 0.0, 0.0, 1.0])
+    pcie, pcie2 = series(ax_l)
+    assert (pcie.get_label(), pcie2.get_label()) == ("pcie", "pcie2")
+    np.testing.assert_allclose(pcie.get_ydata(), [100.0, 100.0, 0.0, 100.0])
+    np.testing.assert_allclose(pcie2.get_ydata(), [0.0, 0.0, 0.0, 100.0])
+    np.testing.assert_allclose(series(ax_c)[0].get_ydata(), [1.0, 3.0, 3.0])
+    assert len(figure("occupancy", {k: v for k, v in frames.items() if k != "steps"}).axes) == 2
+
+
 def test_spread_and_busy_fraction_closed_form():
     edges = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
     start, end, w = [0.0, 1.0, 3.5], [2.0, 3.0, 3.5], [4.0, 2.0, 5.0]   # last: zero length
