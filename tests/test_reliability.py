@@ -183,6 +183,11 @@ CASES = [
     ("fit COUNTS --num-layers -3", lambda t, m: (
         ["trace", "fit", expert_counts(t), "-o", str(t / "f.yaml"), "--num-layers", "-3"],
         ["num_layers", "-3"])),
+    ("synth --from a folder", lambda t, m: (["trace", "synth", "--from", str(t), "-o", str(t / "s.parquet")],
+                                            [str(t), "directory"])),
+    ("synth --from a Parquet file", lambda t, m: (
+        ["trace", "synth", "--from", str(default_trace_path()), "-o", str(t / "s.parquet")],
+        [str(default_trace_path()), "not a text file"])),
     # --- the backstop
     ("internal error", lambda t, m: (m.setattr("simulator.cli.cmd_metrics", boom) or ["metrics"],
                                      ["metrics: internal error: ZeroDivisionError: boom", "--debug"])),

@@ -340,12 +340,20 @@ class RoutingModel:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RoutingModel":
+        from ..config import yamlload
         try:
-            data = yaml.safe_load(Path(path).read_text())
+            data = yamlload.load(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError("file not found", source=str(path)) from None
+        except IsADirectoryError:
+            raise ConfigError("is a directory, not a routing-model YAML", source=str(path)) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+        except UnicodeDecodeError:
+            raise ConfigError("not a text file (a routing-model YAML from `moesim trace fit` "
+                              "is wanted)", source=str(path)) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid YAML: {exc}", source=str(path)) from None
+            raise ConfigError(yamlload.error_text(exc), source=str(path)) from None
         return cls.from_dict(data, source=str(path))
 
 
