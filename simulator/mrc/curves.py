@@ -196,28 +196,42 @@ def _exact_hits_at(bl: _Blocks, starts: np.ndarray, sizes: np.ndarray, C: int,
     stats["windowed"] = stats.get("windowed", 0) + int(amb.size)
     if amb.size == 0:
         return hit
-    p = bl.prev[amb]
-    G = bl.grp[p]
-    gs, gl = starts[G], sizes[G]
-    # pairs (windowed lookup a, member q of its G other than p, still in the block)
-    rep = np.repeat(np.arange(amb.size), gl)
-    q = np.repeat(gs, gl) + (np.arange(rep.size) - np.repeat(np.cumsum(gl) - gl, gl))
-    keep = (q != p[rep]) & (bl.nxt[q] >= bl.gstart[amb][rep])
-    rep, q = rep[keep], q[keep]
-    after = q > p[rep]
-    n_after = np.bincount(rep[after], minlength=amb.size)
-    slot = np.full(n, -1, dtype=np.int64)
-    slot[amb] = np.arange(amb.size)
-    q_slot, p_slot = slot[q], slot[p]
-    # members whose status at C the bounds decide contribute constants; only the pairs with
-    # a windowed member (and windowed p) are recomputed in each round
-    fixed = q_slot < 0
-    fmiss = fixed & (bl.hi[q] > C)        # not windowed and not a certain hit: a miss
     m = amb.size
-    const_before = np.bincount(rep[fmiss & ~after], minlength=m)
-    const_after = np.bincount(rep[fmiss & after], minlength=m)
-    var = np.flatnonzero(~fixed)
-    v_rep, v_slot, v_after = rep[var], q_slot[var], after[var]
+    p = bl.prev[amb]
+    slot = np.full(n, -1, dtype=np.int64)
+    slot[amb] = np.arange(m)
+    # Windowed lookups with the same (G, H) share one block: expand each pair's block once.
+    ng = np.int64(starts.size)
+    upair, inv = np.unique(bl.grp[p] * ng + bl.grp[amb], return_inverse=True)
+    Gu, Hu = np.divmod(upair, ng)
+    gl = sizes[Gu]
+    rep = np.repeat(np.arange(upair.size), gl)
+    q = np.repeat(starts[Gu], gl) + (np.arange(rep.size) - np.repeat(np.cumsum(gl) - gl, gl))
+    keep = bl.nxt[q] >= starts[Hu][rep]             # still in the block at H's start
+    rep, q = rep[keep], q[keep]                     # sorted by (pair, position)
+    off = np.searchsorted(rep, np.arange(upair.size))
+    end = np.r_[off[1:], rep.size]
+    q_slot = slot[q]
+    # members whose status at C the bounds decide contribute constants (prefix counts over
+    # the block in lookup order); only windowed members are recomputed in each round
+    fm = np.r_[0, np.cumsum((q_slot < 0) & (bl.hi[q] > C))]
+    ip = np.searchsorted(rep * np.int64(n) + q, inv * np.int64(n) + p)   # p's index in it
+    o, e = off[inv], end[inv]
+    n_after = e - ip - 1
+    const_before = fm[ip] - fm[o]
+    const_after = fm[e] - fm[ip + 1]
+    # (windowed lookup, windowed member of its block other than p)
+    wpos = np.flatnonzero(q_slot >= 0)
+    wc = np.bincount(rep[wpos], minlength=upair.size)
+    wo = np.r_[0, np.cumsum(wc)][:-1]
+    cnt = wc[inv]
+    v_rep = np.repeat(np.arange(m), cnt)
+    v_idx = wpos[np.repeat(wo[inv], cnt) + (np.arange(v_rep.size) - np.repeat(np.cumsum(cnt) - cnt, cnt))]
+    v_q = q[v_idx]
+    own = v_q != p[v_rep]
+    v_rep, v_q = v_rep[own], v_q[own]
+    v_slot, v_after = slot[v_q], v_q > p[v_rep]
+    p_slot = slot[p]
     p_fixed = bl.hi[p] <= C
     p_var = p_slot >= 0
     Dm = bl.D[amb]
