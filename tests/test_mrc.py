@@ -177,6 +177,13 @@ def test_poisson_batched_curve_holds_for_the_recorded_run():
     assert tuple(lru_curve(ls, [100])["hits"][0]) == _engine(sets, C=100, size=size)
 
 
+def test_batch_1_poisson_is_derived_in_arrival_order():
+    sets = SMALL + ["workload.arrivals.process=poisson", "workload.arrivals.rate_per_s=5"]
+    ls = lookup_stream(simulator.load_config(None, sets))
+    assert ls.how.startswith("derived")
+    assert tuple(lru_curve(ls, [70])["hits"][0]) == _engine(sets, C=70, size=ls.object_bytes)
+
+
 def test_pinned_experts_are_hits_at_every_size():
     sets = SMALL + ["placement.name=static_frequency", "placement.pinned_gb=10"]
     ls = lookup_stream(simulator.load_config(None, sets))

@@ -146,10 +146,11 @@ def cmd_mrc(a) -> int:
         from ..plots import render
         render("mrc", pd.DataFrame(rows, columns=COLUMNS), plot)
     if a.json:
-        print(json.dumps({"config": str(loaded.source), "model": stream.label,
-                          "lookups_from": stream.how, "notes": stream.notes,
-                          "object_gb": stream.object_bytes / 1e9, "rows": rows},
-                         indent=1, default=lambda x: None))
+        from ..serialize import to_plain
+        print(json.dumps(to_plain({"config": str(loaded.source), "model": stream.label,
+                                   "lookups_from": stream.how, "notes": stream.notes,
+                                   "object_gb": stream.object_bytes / 1e9, "rows": rows}),
+                         indent=1))
     else:
         _print(stream, loaded, rows, policies, phases, sizes, stats)
         for what, p in (("table", out), ("figure", plot)):
