@@ -44,10 +44,11 @@ METADATA_KEY = b"moesim.trace"
 
 MAX_EXPERTS = 65536
 # Gate scores of a token's k experts are softmax (or renormalised) weights: they sum to at
-# most 1. Allowed excess, for the rounding of k values stored in float16/bf16 by a source.
-SCORE_SUM_TOL = 0.01
+# most 1. Allowed excess, for sources that round k weights to bf16 (8 significant bits) and
+# renormalise in low precision: the Qwen3.6 vLLM trace reaches 1.0112 (top-8).
+SCORE_SUM_TOL = 0.05
 # A token's router_probs are a distribution over the E experts: |sum - 1| <= this.
-PROBS_SUM_TOL = 0.01
+PROBS_SUM_TOL = 0.02
 
 
 def expert_dtype(num_experts: int) -> np.dtype:
