@@ -64,20 +64,14 @@ def check_output_file(path: str | os.PathLike, what: str = "output file", *,
 
 def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Raise MoesimError unless ``path`` can be used as a folder of results: an existing
-    writable directory, or a path whose missing folders can be created. An existing *file*
-    there is an error (never replaced by a folder). Returns ``path`` as a Path."""
+    directory or a path whose missing folders can be created, in a writable parent (results
+    folders are written as a sibling and renamed into place, so the *parent* must accept new
+    entries). An existing *file* there is an error (never replaced by a folder). Returns
+    ``path`` as a Path."""
     p = Path(path)
     if str(path) == "":
         raise MoesimError(f"{what}: empty path")
     if p.exists() and not p.is_dir():
         raise MoesimError(f"{what} {p}: is an existing file; a results folder is wanted")
-    if p.is_dir():
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".moesim-probe-", dir=p)
-        except OSError as exc:
-            raise MoesimError(f"{what} {p}: cannot be written: {exc.strerror or exc}") from None
-        os.close(fd)
-        os.unlink(probe)
-    else:
-        _check_creatable(p, what)
+    _check_creatable(p.resolve() if p.is_symlink() else p, what)
     return p
