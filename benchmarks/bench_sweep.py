@@ -44,26 +44,53 @@ POLICIES = {"variants": {"lru": {"cache.name": "lru"}, "lfu": {"cache.name": "lf
                          "belady": {"cache.name": "belady"}, "none": {"cache.name": "none"}}}
 
 
-def run_driver(exp: Path, out: Path, *extra) -> tuple[float, int]:
-    """Run `moesim sweep` as a subprocess; (wall seconds, driver peak RSS in bytes)."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for k in kids:
+            out += _tree(k)
+    return out
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])          # utime + stime
+
+
+def run_driver(exp: Path, out: Path, *extra) -> tuple[float, int, float]:
+    """Run `moesim sweep` as a subprocess; (wall s, driver peak RSS bytes, CPU s of the
+    driver and every process under it: forkserver, workers — sampled every 20 ms from
+    /proc, so CPU time is a load-independent measure of the work done)."""
     cmd = [sys.executable, "-m", "simulator.cli", "sweep", str(exp), "-o", str(out), "-q", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    hwm = 0
+    hwm, ticks = 0, {}
     while proc.poll() is None:
         try:
             for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     hwm = max(hwm, int(line.split()[1]) * 1024)
+            for p in _tree(proc.pid):
+                try:
+                    ticks[p] = max(ticks.get(p, 0), _cpu_ticks(p))
+                except (OSError, IndexError, ValueError):
+                    pass
         except OSError:
             pass
-        time.sleep(0.05)
+        time.sleep(0.02)
     wall = time.perf_counter() - t0
     out_s, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"sweep failed ({proc.returncode}): {err.strip()}")
     print(f"    {out_s.strip()}")
-    return wall, hwm
+    return wall, hwm, sum(ticks.values()) / TICK
 
 
 def simulate_times(exp_path: Path) -> list[float]:
@@ -72,13 +99,13 @@ def simulate_times(exp_path: Path) -> list[float]:
     from simulator.sweeps.spec import TraceCache, parse_experiment, validate
     exp = parse_experiment(exp_path)
     cache = TraceCache()
-    validate(exp, cache)
+    validate(exp, cache, keep_loaded=True)
     out = []
     for p in exp.points:
         tr = cache.get(p.trace_path)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         simulator.run(p.loaded, tr)
-        out.append(time.perf_counter() - t0)
+        out.append((time.perf_counter() - t0, time.process_time() - c0))
     return out
 
 
@@ -87,22 +114,34 @@ def part64(tmp: Path) -> None:
     exp = experiment(tmp, "bench64", [
         {"key": "cache.capacity_gb", "range": {"start": 4.5, "stop": 72, "num": 16}}, POLICIES],
         {"output.events": False})
+    one = experiment(tmp, "bench1", [{"key": "cache.capacity_gb", "values": [24]}],
+                     {"output.events": False})
     sim = simulate_times(exp)
-    total = sum(sim)
-    print(f"  simulate time (in-process, trace in memory): {total:.2f} s total, "
-          f"{total / len(sim) * 1e3:.0f} ms mean per point")
+    n = len(sim)
+    sim_wall, sim_cpu = sum(w for w, _ in sim), sum(c for _, c in sim)
+    one_sim_cpu = min(c for _, c in simulate_times(one) * 1)
+    print(f"  simulate time in-process (trace in memory): wall {sim_wall:.2f} s, CPU {sim_cpu:.2f} s; "
+          f"mean point {sim_wall / n * 1e3:.0f} ms wall, {sim_cpu / n * 1e3:.0f} ms CPU")
+    _, _, one_cpu = run_driver(one, tmp / "out1", "--workers", "1")
+    fixed = one_cpu - one_sim_cpu
+    print(f"  fixed cost of a sweep (1-point sweep's CPU - its simulate CPU): {fixed:.2f} s CPU "
+          "(CLI start, validation, forkserver + imports, fold)")
     walls = {}
     for w in (1, 2):
         out = tmp / f"out64_w{w}"
-        walls[w], _ = run_driver(exp, out, "--workers", str(w))
+        walls[w], _, cpu = run_driver(exp, out, "--workers", str(w))
         recs = [json.loads(p.read_text()) for p in sorted((out / "points").glob("*.json"))]
-        inside = sum(r["wall_s"] for r in recs)
-        print(f"  --workers {w}: wall {walls[w]:.2f} s (points' own wall in workers {inside:.2f} s; "
-              f"trace reads per worker {max(r['trace_reads'] for r in recs)})")
-    over = (walls[1] - total) / len(sim)
-    print(f"  speed-up 1 -> 2 workers: {walls[1] / walls[2]:.2f}x")
-    print(f"  per-point overhead (driver + processes + imports + trace loads): {over * 1e3:.1f} ms "
-          f"= {over / (total / len(sim)) * 100:.1f}% of a mean point's simulate time")
+        in_cpu = sum(r["cpu_s"] for r in recs)
+        marginal = (cpu - fixed - sim_cpu) / (n - 1)
+        amort = (cpu - sim_cpu) / n
+        print(f"  --workers {w}: wall {walls[w]:.2f} s; CPU of driver + workers {cpu:.2f} s "
+              f"(inside points {in_cpu:.2f} s); trace reads per worker "
+              f"{max(r['trace_reads'] for r in recs)}")
+        print(f"    overhead per point: marginal {marginal * 1e3:.1f} ms CPU "
+              f"({marginal / (sim_cpu / n) * 100:.1f}% of a mean point's simulate CPU); with the "
+              f"fixed cost spread over {n} points {amort * 1e3:.1f} ms "
+              f"({amort / (sim_cpu / n) * 100:.1f}%)")
+    print(f"  speed-up 1 -> 2 workers (wall): {walls[1] / walls[2]:.2f}x")
 
 
 def part1000(tmp: Path) -> None:
@@ -120,8 +159,8 @@ def part1000(tmp: Path) -> None:
     print(f"  parse + expand {t1 - t0:.2f} s, validate {t2 - t1:.2f} s "
           f"({(t2 - t1) / len(exp.points) * 1e3:.2f} ms per point)")
     out = tmp / "out1000"
-    wall, hwm = run_driver(exp_path, out, "--workers", "2")
-    print(f"  --workers 2: wall {wall:.1f} s, driver peak RSS {hwm / 2**20:.0f} MiB")
+    wall, hwm, cpu = run_driver(exp_path, out, "--workers", "2")
+    print(f"  --workers 2: wall {wall:.1f} s, CPU {cpu:.1f} s, driver peak RSS {hwm / 2**20:.0f} MiB")
     man = json.loads((out / "sweep.json").read_text())
     for n in (250, 500, 1000):
         sub = dict(man, points=man["points"][:n])

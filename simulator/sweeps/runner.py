@@ -50,7 +50,7 @@ def one_line(exc: BaseException) -> str:
 
 def run_point(task: dict[str, Any]) -> dict[str, Any]:
     """Simulate one point in this worker. Never raises for the point's own errors."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rec = {"point_id": task["point_id"], "status": "ok", "error": "", "metrics": {},
            "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
@@ -68,6 +68,7 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:                  # the point's failure is its result
         rec["status"], rec["error"] = "error", one_line(exc)
     rec["wall_s"] = time.perf_counter() - t0
+    rec["cpu_s"] = time.process_time() - c0
     rec["trace_reads"] = _TRACES.reads
     return rec
 
@@ -113,14 +114,26 @@ class PoolExecutor:
     def __exit__(self, *exc) -> None:
         self._close(kill=exc[0] is not None)
 
-    def _new_pool(self, n: int):
+    @staticmethod
+    def context():
+        """The forkserver context; workers fork from a server that has already imported the
+        simulator. ``warm()`` starts it early, so its imports overlap the driver's validation."""
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
         ctx = mp.get_context("forkserver")
-        # workers fork from a server that has already imported the simulator
         ctx.set_forkserver_preload(["simulator.sweeps.runner", "simulator.engine.simulation",
                                     "simulator.metrics.summary"])
-        self._pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
+        return ctx
+
+    @classmethod
+    def warm(cls) -> None:
+        from multiprocessing import forkserver
+        cls.context()
+        forkserver.ensure_running()
+
+    def _new_pool(self, n: int):
+        from concurrent.futures import ProcessPoolExecutor
+        self._pool = ProcessPoolExecutor(max_workers=n, mp_context=self.context(),
+                                         initializer=_worker_init,
                                          initargs=(os.getpid(),))
         return self._pool
 
@@ -406,6 +419,8 @@ def run_sweep(exp: Experiment, out: Path, *, workers: int, scheduler: str | None
     old = check_folder(out, exp, resume)
     if scheduler:
         probe_scheduler(scheduler)
+    else:
+        PoolExecutor.warm()
     with bar(len(exp.points), desc="validate", unit="pt", quiet=quiet) as vbar:
         validate(exp, progress=vbar)
     if old is not None:
@@ -439,7 +454,7 @@ def run_sweep(exp: Experiment, out: Path, *, workers: int, scheduler: str | None
                "values": p.values, "metrics": rec.get("metrics") or {},
                "status": rec["status"], "error": rec.get("error", ""),
                "wall_s": rec.get("wall_s"), "worker": rec.get("worker", ""),
-               "trace_reads": rec.get("trace_reads")}
+               "cpu_s": rec.get("cpu_s"), "trace_reads": rec.get("trace_reads")}
         write_point(out, rec)
         if rec["status"] == "ok":
             res.ok += 1

@@ -509,7 +509,8 @@ def point_source(exp: Experiment, p: Point) -> str:
     return f"{exp.source}: point {p.point_id} ({p.key})"
 
 
-def validate(exp: Experiment, traces: TraceCache | None = None, progress=None) -> None:
+def validate(exp: Experiment, traces: TraceCache | None = None, progress=None, *,
+             keep_loaded: bool = False) -> None:
     """Build every point's config and its simulation (without running it), so a bad point is
     a one-line error now, not a failure an hour in. Fills config_hash and trace_path."""
     from ..engine.simulation import Simulation
@@ -531,7 +532,8 @@ def validate(exp: Experiment, traces: TraceCache | None = None, progress=None) -
             raise MoesimError(f"{src}: {exc}") from None
         except MoesimError as exc:
             raise MoesimError(f"{src}: {exc}") from None
-        p.loaded, p.config_hash, p.trace_path = loaded, loaded.config_hash, str(tpath)
+        p.config_hash, p.trace_path = loaded.config_hash, str(tpath)
+        p.loaded = loaded if keep_loaded else None    # 1,000s of points: keep the driver small
         same = _canonical(loaded.raw)
         other = by_hash.get(same)
         if other is not None:
