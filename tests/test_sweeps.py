@@ -196,6 +196,12 @@ def test_bad_figure_kind(tmp_path, capsys):
     f = write_exp(tmp_path, axes=[{"key": "seed", "values": [1]}],
                   figures=[{"kind": "pie", "x": "seed"}])
     assert_one_line_error(capsys, ["sweep", str(f), "--dry-run"], "figures[0].kind", "pie")
+    f = write_exp(tmp_path, axes=[{"key": "seed", "values": [1]}],
+                  figures=[{"kind": "energy", "x": "seed", "y": "tpot_s.mean"}])
+    assert_one_line_error(capsys, ["sweep", str(f), "--dry-run"], "figures[0].y", "energy")
+    f = write_exp(tmp_path, axes=[{"key": "seed", "values": [1]}],
+                  figures=[{"kind": "line", "x": "cache.capacity_gb", "y": "tpot_s.mean"}])
+    assert_one_line_error(capsys, ["sweep", str(f), "--dry-run"], "figures[0].x", "cache.capacity_gb")
 
 
 def test_bad_output_and_scheduler(tmp_path, capsys):
@@ -435,3 +441,25 @@ def test_save_runs_writes_each_points_results_folder(tmp_path, capsys):
         assert run["config_hash"] == tab.loc[i, "config_hash"]
         assert summ["tpot_s.mean"] == tab.loc[i, "tpot_s.mean"]
         assert summ["cache.capacity_bytes"] == [24e9, 48e9][i]
+
+
+def test_plot_regenerates_figures_on_resume(clean, tmp_path, capsys):
+    """Adding figures to a finished sweep's file is not a change of its points: --resume
+    --plot reruns nothing and renders them into DIR/figures/."""
+    pytest.importorskip("simulator.plots")
+    f, ref = clean
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    body = yaml.safe_load(f.read_text())
+    body["figures"] = [{"kind": "latency", "x": "cache.capacity_gb", "hue": "variant",
+                        "file": "tpot.png"},
+                       {"kind": "line", "x": "cache.capacity_gb", "y": "hit_rate.decode",
+                        "hue": "variant", "file": "hits.svg"}]
+    g = tmp_path / "kr.yaml"
+    g.write_text(yaml.safe_dump(body, sort_keys=False))
+    code, stdout, err = run_cli(capsys, "sweep", str(g), "-o", str(out), "--resume", "--plot", "-q")
+    assert code == 0, err
+    assert "(6 kept from before)" in stdout
+    assert (out / "figures" / "tpot.png").read_bytes()[:4] == b"\x89PNG"
+    assert b"<svg" in (out / "figures" / "hits.svg").read_bytes()[:400]
+    same_table(out, ref)

@@ -296,6 +296,10 @@ class DaskExecutor:
     def run(self, tasks: list[dict], on_result: Callable[[dict], None]) -> None:
         distributed = _import_distributed()
         from distributed.scheduler import KilledWorker
+        if not self.workers:
+            import sys
+            print(f"moesim sweep: the Dask scheduler {self.spec} has no workers yet; the points "
+                  "wait for them", file=sys.stderr)
         futs = {}
         for t in tasks:
             f = self.client.submit(run_point, t, pure=False,

@@ -420,6 +420,12 @@ def _parse_figures(figs: Any, src: str, cols: list[str], metrics: list[str] | No
         if KINDS is not None and kind not in KINDS:
             raise _err(src, f"{key}.kind", f"unknown plot kind '{kind}' (choose from "
                        f"{', '.join(sorted(KINDS))})")
+        if KINDS is not None:
+            takes = list(getattr(KINDS[kind], "params", None) or [])
+            for p in f:
+                if p not in ("kind", "file", "title") and takes and p not in takes:
+                    raise _err(src, f"{key}.{p}", f"plot kind '{kind}' takes no '{p}' (it "
+                               f"takes {', '.join(takes)})")
         fname = f.get("file", f"{kind}.png")
         if not isinstance(fname, str) or not fname or "/" in fname or fname.startswith("."):
             raise _err(src, f"{key}.file", f"must be a file name inside figures/, got {fname!r}")
