@@ -463,3 +463,25 @@ def test_plot_regenerates_figures_on_resume(clean, tmp_path, capsys):
     assert (out / "figures" / "tpot.png").read_bytes()[:4] == b"\x89PNG"
     assert b"<svg" in (out / "figures" / "hits.svg").read_bytes()[:400]
     same_table(out, ref)
+
+
+def crash_on_3(task):
+    """A task function whose worker process dies on point 3 (module level: pickled by name)."""
+    if task["point_id"] == 3:
+        os._exit(7)
+    time.sleep(0.3)            # point 2 (started with 3) is still running when 3's worker dies
+    return {"point_id": task["point_id"], "status": "ok", "error": "", "metrics": {"x": 1.0},
+            "worker": str(os.getpid()), "wall_s": 0.05}
+
+
+def test_pool_finds_the_crashing_point_among_several_in_flight():
+    """Two workers, points 0-7: the pool breaks with two points in flight; each is rerun alone,
+    the one whose worker dies alone is recorded as crashed, and every other point finishes."""
+    from simulator.sweeps.runner import PoolExecutor
+    got = {}
+    with PoolExecutor(2, fn=crash_on_3) as ex:
+        ex.run([{"point_id": i} for i in range(8)], lambda r: got.setdefault(r["point_id"], r))
+    assert sorted(got) == list(range(8))
+    assert [i for i, r in got.items() if r["status"] != "ok"] == [3]
+    assert got[3]["error"].startswith("worker crashed")
+    assert ex.broken == 1 and ex.rerun_alone == 2              # points 2 and 3 were in flight

@@ -11,7 +11,10 @@ Failures. A point that raises is recorded with ``status: error`` and ``error: "E
 message"``; the others continue. A worker process that dies (``os._exit``, a signal, the OOM
 killer) breaks the process pool: the driver rebuilds it and, if several points were in flight,
 runs each of them alone in a fresh pool; a point whose worker dies while it runs alone is
-recorded as ``worker crashed``. (With Dask the scheduler retries a task whose worker died and
+recorded as ``worker crashed`` (so a point that kills its worker every time is found and
+recorded, while a point whose worker was killed from outside, e.g. by the OOM killer while a
+neighbour hogged memory, gets its real result). With one point in flight the attribution
+is certain and the point is recorded as crashed at once; ``--resume --retry-failed`` reruns it. (With Dask the scheduler retries a task whose worker died and
 reports ``KilledWorker`` after its allowed failures; that is recorded the same way.)
 
 Resume. ``--resume`` skips every point whose file exists (``ok`` and, unless
@@ -104,9 +107,11 @@ class PoolExecutor:
 
     name = "pool"
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, fn: Callable[[dict], dict] = run_point):
         self.workers = max(1, int(workers))
+        self.fn = fn                               # the task function (module level: pickled by name)
         self._pool = None
+        self.broken = self.rerun_alone = 0         # pool breaks seen; suspects rerun one by one
 
     def __enter__(self):
         return self
@@ -159,7 +164,7 @@ class PoolExecutor:
             while queue and len(inflight) < self.workers:
                 t = queue[0]
                 try:
-                    inflight[pool.submit(run_point, t)] = t
+                    inflight[pool.submit(self.fn, t)] = t
                 except BrokenProcessPool:          # a worker died while idle
                     if inflight:
                         break                      # handled below with the in-flight points
@@ -182,11 +187,13 @@ class PoolExecutor:
                     on_result(self._result(f, t))
             inflight.clear()
             self._close()
+            self.broken += 1
             if len(suspects) == 1:
                 on_result(_crash_record(suspects[0], "the worker process died while running "
                                         "this point (killed by a signal, out of memory or os._exit)"))
             else:
                 for t in suspects:                 # one at a time, to find the culprit
+                    self.rerun_alone += 1
                     on_result(self._alone(t, BrokenProcessPool))
             pool = self._new_pool(min(self.workers, max(1, len(queue))))
 
@@ -204,7 +211,7 @@ class PoolExecutor:
 
     def _alone(self, task: dict, broken_cls) -> dict:
         pool = self._new_pool(1)
-        f = pool.submit(run_point, task)
+        f = pool.submit(self.fn, task)
         try:
             f.exception()
             if self._broken(f, broken_cls):
