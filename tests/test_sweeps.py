@@ -485,3 +485,18 @@ def test_pool_finds_the_crashing_point_among_several_in_flight():
     assert [i for i, r in got.items() if r["status"] != "ok"] == [3]
     assert got[3]["error"].startswith("worker crashed")
     assert ex.broken == 1 and ex.rerun_alone == 2              # points 2 and 3 were in flight
+
+
+def test_one_driver_per_folder(clean, tmp_path, capsys):
+    f, ref = clean
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    (out / ".moesim-sweep.lock").write_text(f"{os.getpid()}\n")      # a live driver
+    assert_one_line_error(capsys, ["sweep", str(f), "-o", str(out), "--resume"],
+                          "another moesim sweep", str(os.getpid()))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / ".moesim-sweep.lock").write_text(f"{dead.pid}\n")         # a SIGKILLed driver's
+    code, stdout, err = run_cli(capsys, "sweep", str(f), "-o", str(out), "--resume", "-q")
+    assert code == 0 and "(6 kept from before)" in stdout, err
+    assert not (out / ".moesim-sweep.lock").exists()

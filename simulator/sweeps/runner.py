@@ -408,6 +408,41 @@ def diff_points(old: dict, exp: Experiment) -> str:
     return "; ".join(parts)
 
 
+LOCK = ".moesim-sweep.lock"
+
+
+def take_lock(out: Path) -> Path:
+    """One driver per folder: DIR/.moesim-sweep.lock holds the driver's pid. A lock whose
+    process is gone (a SIGKILLed driver) is taken over."""
+    lock = out / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            alive = False
+            if pid > 0:
+                try:
+                    os.kill(pid, 0)
+                    alive = True
+                except ProcessLookupError:
+                    pass
+                except PermissionError:
+                    alive = True
+            if alive:
+                raise MoesimError(f"-o {out}: another moesim sweep (pid {pid}) is running on "
+                                  f"this folder (remove {lock} if it is not)") from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return lock
+    raise MoesimError(f"-o {out}: cannot take {lock}")
+
+
 # ---------------------------------------------------------------------------- the driver
 class Outcome:
     def __init__(self):
@@ -418,13 +453,11 @@ class Outcome:
 
 
 def run_sweep(exp: Experiment, out: Path, *, workers: int, scheduler: str | None = None,
-              resume: bool = False, retry_failed: bool = False, quiet: bool = False,
-              say: Callable[[str], None] = print) -> Outcome:
+              resume: bool = False, retry_failed: bool = False, quiet: bool = False) -> Outcome:
     """Validate, prepare the folder, run what is missing, fold the table. Raises MoesimError
     for bad input before anything runs."""
     from ..progress import bar
     from .spec import validate
-    from .table import fold
     t0 = time.perf_counter()
     out = Path(out)
     old = check_folder(out, exp, resume)
@@ -440,6 +473,18 @@ def run_sweep(exp: Experiment, out: Path, *, workers: int, scheduler: str | None
             raise MoesimError(f"--resume {out}: {exp.source} changed since the folder was "
                               f"started: points {diff}; use a new -o (or restore the file)")
     (out / POINTS_DIR).mkdir(parents=True, exist_ok=True)
+    lock = take_lock(out)
+    try:
+        return _run_locked(exp, out, old, workers=workers, scheduler=scheduler,
+                           retry_failed=retry_failed, quiet=quiet, t0=t0)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _run_locked(exp: Experiment, out: Path, old: dict | None, *, workers: int,
+                scheduler: str | None, retry_failed: bool, quiet: bool, t0: float) -> Outcome:
+    from ..progress import bar
+    from .table import fold
     man = manifest_of(exp)
     atomic_write(out / MANIFEST, lambda p: p.write_text(json.dumps(to_plain(man), indent=1) + "\n"))
 
