@@ -214,12 +214,14 @@ class PoolExecutor:
         f = pool.submit(self.fn, task)
         try:
             f.exception()
-            if self._broken(f, broken_cls):
-                return _crash_record(task, "the worker process died while running this point "
-                                     "alone (killed by a signal, out of memory or os._exit)")
-            return self._result(f, task)
-        finally:
-            self._close()
+        except BaseException:                      # Ctrl-C: do not wait for the point
+            self._close(kill=True)
+            raise
+        self._close()
+        if self._broken(f, broken_cls):
+            return _crash_record(task, "the worker process died while running this point "
+                                 "alone (killed by a signal, out of memory or os._exit)")
+        return self._result(f, task)
 
 
 def parse_scheduler(spec: str) -> tuple[str, Any]:
