@@ -9,7 +9,8 @@ An experiment file names a base run config and the axes to sweep::
     set: {output.events: false}          # dotted overrides applied to every point
     axes:                                # grid product, in order (first = slowest)
       - {key: cache.capacity_gb, values: [6, 12, 24, 48]}
-      - {key: cache.capacity_gb, range: {start: 6, stop: 48, num: 8, scale: log}}
+      # (a key is swept once; instead of a list, a range:)
+      #  {key: cache.capacity_gb, range: {start: 6, stop: 48, num: 8, scale: log}}
       - {key: workload.batch_size, range: {start: 1, stop: 9, step: 2}}   # 1,3,5,7,9
       - zip:                             # move together (equal lengths)
           - {key: system.links.pcie.profile, values: [pcie4_x16, pcie5_x16]}
