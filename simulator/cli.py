@@ -551,13 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Command groups with their own modules (each exposes add_parser(subparsers)).
     import importlib
     for group in COMMAND_GROUPS:
-        try:
-            mod = importlib.import_module(f".{group}.cli", __package__)
-        except ModuleNotFoundError as exc:       # TEMPORARY while the groups are being written
-            if exc.name not in (f"{__package__}.{group}", f"{__package__}.{group}.cli"):
-                raise
-            continue
-        mod.add_parser(sub)
+        importlib.import_module(f".{group}.cli", __package__).add_parser(sub)
     return p
 
 

@@ -21,8 +21,8 @@ def cmd_plot(a) -> int:
 
 
 def add_parser(sub) -> None:
-    from . import KINDS
-    kinds = "; ".join(f"{k.name}: {k.reads}" for k in KINDS.values())
+    from .catalog import READS as KINDS
+    kinds = "; ".join(f"{name}: {reads}" for name, reads in KINDS.items())
     p = sub.add_parser(
         "plot", help="draw a figure (PNG/SVG/PDF) from a sweep table, a run folder or an MRC table",
         description="Draw one figure from results tables only (never re-simulating). RESULTS is "
