@@ -529,10 +529,12 @@ class Simulation:
                         cnt[o] = cnt.get(o, 0) + 1
                 oids = sorted(cnt)
                 return oids, [cnt[o] for o in oids]
-        ctx_sum = self._contexts(rows)          # a decode token reads its whole context
+        # a decode token reads its whole context, positions 0..position; KV then holds them
+        kv = (self.trace.token[rows] + 1).tolist()
+        ctx_sum = float(sum(kv))
         t = yield from self._iteration(DECODE, rows, n, ctx_sum, lookups, ctx_sum)
-        for q, c in zip(batch, (self.trace.token[rows] + 1).tolist()):
-            self.kv_tokens_live += c - q.kv_tokens       # KV holds positions 0..position
+        for q, c in zip(batch, kv):
+            self.kv_tokens_live += c - q.kv_tokens
             q.kv_tokens = c
         self.kv_peak_tokens = max(self.kv_peak_tokens, self.kv_tokens_live)
         for q in batch:

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ..config import yamlload
 from ..errors import ConfigError
 
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -195,7 +196,7 @@ class Inputs:
         if path is None or not path.is_file():
             return None
         try:
-            return yaml.safe_load(path.read_text()) or {}
+            return yamlload.load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise self.error(f"cannot read: {exc}", path) from None
 

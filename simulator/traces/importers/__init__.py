@@ -18,6 +18,7 @@ from typing import Any, ClassVar, get_type_hints
 
 import yaml
 
+from ...config import yamlload
 from ...config.strict import build
 from ...errors import TraceError
 from ...registry import Registry
@@ -65,7 +66,7 @@ class Importer:
                 typed[key] = value
                 continue
             try:
-                typed[key] = yaml.safe_load(value)
+                typed[key] = yamlload.load(value)   # the one YAML reader (1.2 floats)
             except yaml.YAMLError:
                 typed[key] = value          # reported by build() as the wrong type
         return build(cls.Options, typed, key="--option")
