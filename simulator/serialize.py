@@ -23,6 +23,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (leftovers and locks of a dead writer are stale)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True             # it exists, owned by someone else
+    except OSError:
+        return False
+    return True
+
+
 def to_plain(x: Any, *, nonfinite_as_none: bool = True) -> Any:
     """dicts/lists/tuples/arrays/numpy scalars -> plain Python (dict keys as strings).
 

@@ -3,7 +3,6 @@ and real `moesim sweep` subprocesses survive SIGKILL / Ctrl-C / a crashing worke
 point, resume to the same table as a clean run, and give the same table on Dask."""
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil

@@ -8,11 +8,11 @@ and ``max`` bound numbers. Dataclasses only validate in ``__post_init__`` (no I/
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
 import types
 from typing import Any, Union, get_args, get_origin, get_type_hints
-
-import numpy as np
 
 from ..errors import ConfigError
 
@@ -24,6 +24,13 @@ def field(default=dataclasses.MISSING, *, help: str, min: float | None = None,
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=md)
     return dataclasses.field(default=default, metadata=md)
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    """get_type_hints per dataclass, once (it re-evaluates every annotation on each call: a
+    sweep validates its points' configs thousands of times)."""
+    return get_type_hints(cls)
 
 
 def _type_name(tp) -> str:
@@ -101,7 +108,7 @@ def build(cls, data: Any, *, key: str = "", source: str | None = None, ignore: t
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"must be a mapping, got {data!r}", source=source, key=key or None)
-    hints = get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields and k not in ignore]
     if unknown:
@@ -130,7 +137,7 @@ def build(cls, data: Any, *, key: str = "", source: str | None = None, ignore: t
 def describe(cls, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     """(key, type, default, help) rows for documentation and ``moesim policies``."""
     rows = []
-    hints = get_type_hints(cls)
+    hints = _type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
@@ -146,13 +153,13 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, Any, str]]:
 
 def check_arg(value, key: str, *, integer: bool = False, min: float | None = None,
               above: float | None = None, optional: bool = False):
-    """Check one function argument (``key`` names it as the user gave it, e.g.
-    ``--iterations``) at a library entry point, so a bad value is a ConfigError there and
+    """Check one function argument (``key`` names the parameter, e.g. ``iterations``) at
+    a library entry point, so a bad value is a ConfigError there and
     not an exception from deep inside numpy. ``min``: value >= min; ``above``: value > above.
     Returns the value (None passes when ``optional``)."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"must be {'an integer' if integer else 'a number'}, got {value!r}",
                           key=key)
     if not math.isfinite(value):

@@ -169,7 +169,6 @@ def _blocks(stream: LookupStream) -> _Blocks:
     sizes = stream.group_sizes
     grp = np.repeat(np.arange(starts.size, dtype=np.int64), sizes)
     gstart = starts[grp] if n else np.zeros(0, dtype=np.int64)
-    gend = gstart + sizes[grp] if n else np.zeros(0, dtype=np.int64)
     prev, nxt = _prev_next(oids)
     warm = np.flatnonzero(prev >= 0)
     D = np.full(n, -1, dtype=np.int64)

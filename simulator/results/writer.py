@@ -46,7 +46,7 @@ import yaml
 from ..config.load import LoadedConfig
 from ..errors import ConfigError, MoesimError
 from ..metrics.summary import RunResult
-from ..serialize import to_plain
+from ..serialize import pid_alive, to_plain
 
 MARKER = "run.json"
 # Every name write_results can leave in a folder (plus per-file temporaries of older
@@ -108,15 +108,7 @@ def _siblings(dest: Path) -> list[tuple[str, int, Path]]:
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return False            # our own leftovers (an earlier call that raised) are garbage
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+    return pid_alive(pid)
 
 
 def is_complete(path: str | os.PathLike, marker: str = MARKER) -> bool:

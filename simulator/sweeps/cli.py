@@ -23,11 +23,6 @@ def cmd_sweep(a) -> int:
     exp = parse_experiment(a.experiment)
     if a.workers is not None and a.workers < 1:
         raise MoesimError(f"--workers must be >= 1, got {a.workers}")
-    if a.plot and exp.figures:
-        try:
-            import simulator.plots  # noqa: F401
-        except ImportError as exc:
-            raise MoesimError(f"--plot: the plots package is not available ({exc})") from None
     if a.dry_run:
         validate(exp)
         cols = ", ".join(exp.columns)

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import MoesimError
-from ..serialize import atomic_write, to_plain
-from .spec import Experiment, TraceCache
+from ..serialize import atomic_write, pid_alive, to_plain
+from .spec import Experiment, TraceCache, point_source
 
 POINTS_DIR = "points"
 MANIFEST = "sweep.json"
@@ -94,9 +94,14 @@ def _worker_init(driver_pid: int) -> None:
     threading.Thread(target=watch, name="moesim-driver-watch", daemon=True).start()
 
 
-def _crash_record(task: dict, why: str) -> dict[str, Any]:
-    return {"point_id": task["point_id"], "status": "error", "error": f"worker crashed: {why}",
+def _error_record(task: dict, error: str) -> dict[str, Any]:
+    """The record of a point that produced no result of its own (the executor's failure)."""
+    return {"point_id": task["point_id"], "status": "error", "error": error,
             "metrics": {}, "worker": "", "wall_s": float("nan")}
+
+
+def _crash_record(task: dict, why: str) -> dict[str, Any]:
+    return _error_record(task, f"worker crashed: {why}")
 
 
 # ---------------------------------------------------------------------------- executors
@@ -206,8 +211,7 @@ class PoolExecutor:
         exc = f.exception()
         if exc is None:
             return f.result()
-        return {"point_id": task["point_id"], "status": "error", "error": one_line(exc),
-                "metrics": {}, "worker": "", "wall_s": float("nan")}
+        return _error_record(task, one_line(exc))
 
     def _alone(self, task: dict, broken_cls) -> dict:
         pool = self._new_pool(1)
@@ -322,8 +326,7 @@ class DaskExecutor:
                 except KilledWorker as exc:
                     rec = _crash_record(t, f"dask reports {one_line(exc)}")
                 except Exception as exc:
-                    rec = {"point_id": t["point_id"], "status": "error", "error": one_line(exc),
-                           "metrics": {}, "worker": "", "wall_s": float("nan")}
+                    rec = _error_record(t, one_line(exc))
                 on_result(rec)
         finally:
             if futs:
@@ -425,16 +428,7 @@ def take_lock(out: Path) -> Path:
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            alive = False
-            if pid > 0:
-                try:
-                    os.kill(pid, 0)
-                    alive = True
-                except ProcessLookupError:
-                    pass
-                except PermissionError:
-                    alive = True
-            if alive:
+            if pid_alive(pid):
                 raise MoesimError(f"-o {out}: another moesim sweep (pid {pid}) is running on "
                                   f"this folder (remove {lock} if it is not)") from None
             lock.unlink(missing_ok=True)
@@ -500,8 +494,8 @@ def _run_locked(exp: Experiment, out: Path, old: dict | None, *, workers: int,
             res.kept += 1
             continue
         run_dir = str(out / "runs" / f"{p.point_id:05d}") if exp.save_runs else None
-        todo.append({"point_id": p.point_id, "raw": p.raw, "source": f"{exp.source}: point "
-                     f"{p.point_id} ({p.key})", "base_dir": str(exp.base_dir),
+        todo.append({"point_id": p.point_id, "raw": p.raw, "source": point_source(exp, p),
+                     "base_dir": str(exp.base_dir),
                      "trace_path": p.trace_path, "run_dir": run_dir})
 
     progress = bar(len(todo), desc=f"sweep {exp.name}", unit="pt", quiet=quiet)
