@@ -249,31 +249,36 @@ class Simulation:
         then enter the cache exactly as a demand fetch would have."""
         pinned, access = self._pinned, self._cache_access
         inflight, staged = self.inflight, self.staged
-        sizes = self._obj_bytes
+        sizes, home, served = self._obj_bytes, self.home, self.served[phase]
+        # 1. hits, decided for the whole group before the cache changes (as without prefetch)
         res_u = res_a = hit_u = 0
-        missed, late = [], []
+        rest = []
         for i, oid in enumerate(oids):
             c = 1 if counts is None else counts[i]
             if pinned[oid] or access(oid):
                 hit_u += 1
-            elif oid in staged:                 # timely prefetch: resident for compute
+                res_u += 1
+                res_a += c
+            else:
+                rest.append((oid, c))
+        # 2. the rest enter the cache in lookup order, as demand fetches would have: staged
+        # (landed, so resident for compute), late (in flight: waited for) or missed (fetched)
+        missed, late = [], []
+        for oid, c in rest:
+            if oid in staged:
                 staged.discard(oid)
                 self.staged_bytes -= sizes[oid]
                 self.pf_useful += 1
-                self.served[phase][self.home[oid]] += 1
-                self._admit(oid, sizes[oid])
-            elif oid in inflight:               # late prefetch: wait for it (used now)
+                res_u += 1
+                res_a += c
+            elif oid in inflight:
                 late.append((oid, c, inflight.pop(oid)))
                 self.pf_useful += 1
                 self.pf_late += 1
-                self.served[phase][self.home[oid]] += 1
-                self._admit(oid, sizes[oid])
-                continue
             else:
                 missed.append((oid, c))
-                continue
-            res_u += 1
-            res_a += c
+            served[home[oid]] += 1
+            self._admit(oid, sizes[oid])
         nl = len(oids)
         self.lookups[phase] += nl
         self.hits[phase] += hit_u
@@ -284,9 +289,7 @@ class Simulation:
             return t_hit
         flows = []
         for oid, _c in missed:
-            dev = self.home[oid]
-            self.served[phase][dev] += 1
-            self._admit(oid, sizes[oid])
+            dev = home[oid]
             flows.append(Flow(sizes[oid], *self.paths[dev], tag=(oid, dev, phase, DEMAND)))
         return (flows, missed, t, t_hit, late)
 
