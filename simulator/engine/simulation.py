@@ -37,12 +37,8 @@ from ..traces.io import read_trace
 from ..traces.schema import DECODE, PREFILL, Trace
 from .compute import ComputeModel
 from .context import SimContext
-from .flows import Flow, FlowNetwork
-from .transfer_log import TransferLog
+from .hierarchy import MemoryHierarchy
 from .workload import Request, build_requests, closed_loop_concurrency
-
-DEMAND, PREFETCH = 0, 1
-
 
 class Simulation:
     _progress = None                    # set by run(progress=...)
@@ -72,7 +68,7 @@ class Simulation:
         home = np.asarray(self.placement.place(), dtype=np.int32)
         if home.shape != (self.ctx.num_objects,):
             raise SimulationError(f"placement returned {home.shape}, expected ({self.ctx.num_objects},)")
-        self.home = home
+        self.home = home                  # initial placement (the hierarchy keeps the live one)
         self.ctx.pinned = home == self.system.local.index
         self.cache = make_policy("cache", cfg.cache, self.ctx, source=src)
         self.prefetch = make_policy("prefetch", cfg.prefetch, self.ctx, source=src)
@@ -84,41 +80,22 @@ class Simulation:
         self.compute = ComputeModel(model, self.system.compute, self.system.local.spec,
                                     self.precision, self.kv.read_bytes_per_token_layer())
         self.env = simpy.Environment()
-        self.net = FlowNetwork(self.env)
-        self.net.on_complete = self._on_flow_done
-        # fetch path per device (resources, latency)
-        self.paths = [self.system.fetch_path(d) if not d.is_local else ((), 0.0)
-                      for d in self.system.devices]
+        self.prefetch_active = bool(self.prefetch.active)
+        self.log_events = cfg.output.events
+        self.hierarchy = MemoryHierarchy(self.ctx, self.system, home, self.cache,
+                                         prefetching=self.prefetch_active,
+                                         log_events=self.log_events, fast_path=fast_path)
 
-        nd, L = len(self.system.devices), self.ctx.num_layers
+        L = self.ctx.num_layers
         self.t = 0.0
         # counters [phase]
-        self.lookups = [0, 0]
-        self.hits = [0, 0]
         self.accesses = [0, 0]            # token -> expert uses (n_tokens x k per layer)
-        # plain lists, not numpy: they are bumped on the hot path
-        self.layer_lookups = [[0] * L, [0] * L]
-        self.layer_hits = [[0] * L, [0] * L]
-        self.served = [[0] * nd, [0] * nd]           # lookups served per device
-        self.fetched_bytes = [[0.0] * nd, [0.0] * nd]
-        self.evictions = 0
-        self.insertions = 0
-        self.peak_cache_bytes = 0.0
         self.phase_time = [0.0, 0.0]
         self.iterations = [0, 0]
         self.kv_tokens_live = 0
         self.kv_peak_tokens = 0
-        self.transfers = TransferLog()
         self.steps: list[tuple] = []
-        self.log_events = cfg.output.events
         self.warm_objects: list[int] = []
-        # prefetch state (only touched when the prefetch policy is active)
-        self.prefetch_active = bool(self.prefetch.active)
-        self.inflight: dict[int, Flow] = {}      # object -> its prefetch flow, until it lands
-        self.staged: set[int] = set()            # landed prefetches, not used yet
-        self.staged_bytes = self.pf_peak_buffer = 0.0
-        self.pf_issued = self.pf_useful = self.pf_late = self.pf_wasted = 0
-        self.pf_bytes = [0.0, 0.0]
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod
@@ -163,228 +140,22 @@ class Simulation:
                 f"{self.cache.capacity_bytes / gb:.4g} GB", source=src,
                 key=f"system.tiers.{local.tier}.capacity_gb")
 
-    # ------------------------------------------------------------------ transfers
-    def _on_flow_done(self, f: Flow) -> None:
-        oid, dev, phase, purpose = f.tag
-        self.fetched_bytes[phase][dev] += f.size
-        if self.log_events:
-            self.transfers.add(f.start_at, f.done_at, f.size, 1, dev, phase, purpose, (oid,))
-        if purpose == PREFETCH and self.inflight.get(oid) is f:
-            # a prefetched expert lands in the staging buffer; it enters the cache on first
-            # use, as a demand fetch would have. (A prefetch that a lookup already waited
-            # for, a late one, was used then and left ``inflight``: it is not staged again.)
-            del self.inflight[oid]
-            self.staged.add(oid)
-            self.staged_bytes += f.size
-            if self.staged_bytes > self.pf_peak_buffer:
-                self.pf_peak_buffer = self.staged_bytes
-
-    def _admit(self, oid: int, size: float) -> bool:
-        """Insert ``oid`` into the cache, counting insertions and evictions (and wasted
-        prefetches evicted unused). False if the cache declined to keep it."""
-        evicted = self._cache_insert(oid, size)
-        kept = not (evicted and evicted[-1] == oid)
-        self.evictions += len(evicted) - (0 if kept else 1)
-        if kept:
-            self.insertions += 1
-        used = self.cache.used_bytes
-        if used > self.peak_cache_bytes:
-            self.peak_cache_bytes = used
-        return kept
-
-    def _issue_prefetch(self, phase: int, oids, t: float):
-        """Start background fetches of ``oids`` at ``t`` (those not pinned, cached, staged or
-        already in flight). They use only bandwidth demand fetches leave, land in the staging
-        buffer and enter the cache on first use."""
-        pinned, contains, home, sizes = self._pinned, self.cache.contains, self.home, self._obj_bytes
-        flows = []
-        for oid in oids:
-            if pinned[oid] or oid in self.inflight or oid in self.staged or contains(oid):
-                continue
-            dev = home[oid]
-            f = Flow(sizes[oid], *self.paths[dev], tag=(oid, dev, phase, PREFETCH), priority=1)
-            flows.append(f)
-            self.inflight[oid] = f
-            self.pf_issued += 1
-            self.pf_bytes[phase] += f.size
-        if flows:
-            env = self.env
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            self.net.start(flows)
-
     # ------------------------------------------------------------------ the MoE block
-    def _moe_layer(self, phase: int, layer: int, oids, counts, n: int, t: float):
-        """Look up ``oids`` (with per-object token counts, or None = 1 each) and time the MoE
-        block starting at ``t``. Returns the end time, or a state tuple when the fetches must
-        go through SimPy events (see ``_moe_layer_events``)."""
-        pinned = self._pinned
-        access = self._cache_access
-        hit_u = hit_a = 0
-        missed = None
-        i = 0
-        for oid in oids:
-            c = 1 if counts is None else counts[i]
-            i += 1
-            if pinned[oid] or access(oid):
-                hit_u += 1
-                hit_a += c
-            else:
-                if missed is None:
-                    missed = []
-                missed.append((oid, c))
-        self.lookups[phase] += i
-        self.hits[phase] += hit_u
-        self.layer_lookups[phase][layer] += i
-        self.layer_hits[phase][layer] += hit_u
-        t_hit = t + self.compute.moe(n, hit_a, hit_u, phase)
-        if missed is None:
-            return t_hit
-        return self._fetch_missed(phase, missed, t, t_hit)
-
-    def _moe_layer_prefetching(self, phase: int, layer: int, oids, counts, n: int, t: float):
-        """``_moe_layer`` when a prefetch policy is active. Objects neither pinned nor cached
-        are misses, as without prefetching; a miss already staged (landed) runs as a resident
-        expert, one still in flight is waited for (and promoted to demand priority), and both
-        then enter the cache exactly as a demand fetch would have."""
-        pinned, access = self._pinned, self._cache_access
-        inflight, staged = self.inflight, self.staged
-        sizes, home, served = self._obj_bytes, self.home, self.served[phase]
-        # 1. hits, decided for the whole group before the cache changes (as without prefetch)
-        res_u = res_a = hit_u = 0
-        rest = []
-        for i, oid in enumerate(oids):
-            c = 1 if counts is None else counts[i]
-            if pinned[oid] or access(oid):
-                hit_u += 1
-                res_u += 1
-                res_a += c
-            else:
-                rest.append((oid, c))
-        # 2. the rest enter the cache in lookup order, as demand fetches would have: staged
-        # (landed, so resident for compute), late (in flight: waited for) or missed (fetched)
-        missed, late = [], []
-        for oid, c in rest:
-            if oid in staged:
-                staged.discard(oid)
-                self.staged_bytes -= sizes[oid]
-                self.pf_useful += 1
-                res_u += 1
-                res_a += c
-            elif oid in inflight:
-                late.append((oid, c, inflight.pop(oid)))
-                self.pf_useful += 1
-                self.pf_late += 1
-            else:
-                missed.append((oid, c))
-            served[home[oid]] += 1
-            self._admit(oid, sizes[oid])
-        nl = len(oids)
-        self.lookups[phase] += nl
-        self.hits[phase] += hit_u
-        self.layer_lookups[phase][layer] += nl
-        self.layer_hits[phase][layer] += hit_u
-        t_hit = t + self.compute.moe(n, res_a, res_u, phase)
-        if not missed and not late:
-            return t_hit
-        flows = []
-        for oid, _c in missed:
-            dev = home[oid]
-            flows.append(Flow(sizes[oid], *self.paths[dev], tag=(oid, dev, phase, DEMAND)))
-        return (flows, missed, t, t_hit, late)
-
-    def _fetch_missed(self, phase: int, missed, t: float, t_hit: float):
-        """Insert the missed objects into the cache and fetch them; return the layer's end
-        time (analytic path) or a state tuple for the event path."""
-        uni = self._uniform
-        if uni is not None and self.fast_path:
-            # Common case, specialised: one backing device, one object size, batch fetch.
-            dev, size = uni
-            n = len(missed)
-            insert = self._cache_insert
-            ev = ins = 0
-            for oid, _c in missed:
-                evicted = insert(oid, size)
-                if evicted:
-                    if evicted[-1] == oid:
-                        ev += len(evicted) - 1
-                        continue
-                    ev += len(evicted)
-                ins += 1
-            self.evictions += ev
-            self.insertions += ins
-            used = self.cache.used_bytes
-            if used > self.peak_cache_bytes:
-                self.peak_cache_bytes = used
-            res, lat = self.paths[dev]
-            end = self.net.isolated_uniform(res, lat, size, n, t, self.env.peek())
-            if end is not None:
-                self.served[phase][dev] += n
-                self.fetched_bytes[phase][dev] += n * size
-                if self.log_events:
-                    self.transfers.add(t, end, size, n, dev, phase, DEMAND, [o for o, _c in missed])
-                start = t_hit if t_hit > end else end
-                return start + self.compute.experts_serial([c for _o, c in missed], phase)
-            return self._fetch_general(phase, missed, t, t_hit, inserted=True)
-        return self._fetch_general(phase, missed, t, t_hit, inserted=False)
-
-    def _fetch_general(self, phase: int, missed, t: float, t_hit: float, inserted: bool):
-        home, sizes = self.home, self._obj_bytes
-        served = self.served[phase]
-        devs = []
-        msizes = []
-        for oid, _c in missed:
-            dev = home[oid]
-            served[dev] += 1
-            devs.append(dev)
-            size = sizes[oid]
-            msizes.append(size)
-            if not inserted:
-                self._admit(oid, size)
-        if self.fast_path:
-            dev0 = devs[0]
-            if all(d == dev0 for d in devs):
-                res, lat = self.paths[dev0]
-                done = self.net.isolated_same_path(res, lat, msizes, t, self.env.peek())
-                if done is not None:
-                    self.fetched_bytes[phase][dev0] += sum(msizes)
-                    if self.log_events:
-                        for (oid, _c), d, sz in zip(missed, done, msizes):
-                            self.transfers.add(t, d, sz, 1, dev0, phase, DEMAND, (oid,))
-                    return self._schedule_late(phase, done, missed, t_hit)
-        paths = self.paths
-        flows = [Flow(size, *paths[dev], tag=(oid, dev, phase, DEMAND))
-                 for (oid, _c), dev, size in zip(missed, devs, msizes)]
-        if self.fast_path and self.net.run_isolated(flows, t, self.env.peek()):
-            return self._schedule_late(phase, [f.done_at for f in flows], missed, t_hit)
-        return (flows, missed, t, t_hit)
-
-    def _schedule_late(self, phase: int, done, missed, t_hit: float) -> float:
-        """Missing experts run one by one as they arrive, after the resident ones."""
-        d0 = done[0]
-        if all(d == d0 for d in done):          # one batch arriving together (common case)
+    def _run_arrivals(self, phase: int, arrivals, items, t_hit: float) -> float:
+        """Missing experts run one by one as they arrive, after the resident ones.
+        ``arrivals``: one time (all together) or one per item of ``items`` [(oid, count, ...)]."""
+        if type(arrivals) is float:
+            start = t_hit if t_hit > arrivals else arrivals
+            return start + self.compute.experts_serial([it[1] for it in items], phase)
+        d0 = arrivals[0]
+        if all(d == d0 for d in arrivals):          # one batch arriving together (common case)
             start = t_hit if t_hit > d0 else d0
-            return start + self.compute.experts_serial([c for _o, c in missed], phase)
+            return start + self.compute.experts_serial([it[1] for it in items], phase)
         expert_time = self.compute.expert
         end = t_hit
-        for arrival, c in sorted(zip(done, (c for _o, c in missed)), key=lambda p: p[0]):
+        for arrival, c in sorted(zip(arrivals, (it[1] for it in items)), key=lambda p: p[0]):
             end = (end if end > arrival else arrival) + expert_time(c, phase)
         return end
-
-    def _moe_layer_events(self, phase: int, state):
-        flows, missed, t, t_hit, *rest = state
-        late = rest[0] if rest else []
-        env = self.env
-        if t > env.now:
-            yield env.timeout(t - env.now)
-        events = self.net.start(flows) if flows else []
-        if late:
-            self.net.promote([f for _o, _c, f in late])
-        events += [f.event for _o, _c, f in late if not f.event.triggered]
-        if events:
-            yield env.all_of(events)
-        done = [f.done_at for f in flows] + [f.done_at for _o, _c, f in late]
-        return self._schedule_late(phase, done, list(missed) + [(o, c) for o, c, _f in late], t_hit)
 
     def _sync(self):
         """Hand control to SimPy up to our clock if any other event is due by then."""
@@ -428,21 +199,26 @@ class Simulation:
         n_full = sum(full)
         compute.account(phase, n_full * ff + (L - n_full) * lf, n_full * fb + (L - n_full) * lb)
         self.accesses[phase] += n * L * self.ctx.trace.meta.top_k
-        prefetching = self.prefetch_active
-        moe_layer = self._moe_layer_prefetching if prefetching else self._moe_layer
-        peek = self.env.peek
+        hier, moe = self.hierarchy, compute.moe
+        lookup, fetch, advance = hier.lookup, hier.fetch, hier.advance_to
+        prefetch = self.prefetch.on_layer_start if self.prefetch_active else None
+        peek, env = self.env.peek, self.env
         for layer in range(L):
             t += t_full if full[layer] else t_lin
             oids, counts = lookups(layer)
-            if peek() <= t:                       # background events due: apply them first
+            if peek() <= t or not self.fast_path:  # another process is due first: let it run
                 self.t = t
-                yield from self._sync()
-            r = moe_layer(phase, layer, oids, counts, n, t)
-            if prefetching:
-                yield from self._issue_prefetch(phase, self.prefetch.on_layer_start(phase, layer, rows), t)
-            if type(r) is tuple:
-                r = yield from self._moe_layer_events(phase, r)
-            t = r
+                yield env.timeout(t - env.now)
+            advance(t)                             # background transfers due by now land
+            res_u, res_a, missed, late = lookup(phase, layer, oids, counts)
+            t_hit = t + moe(n, res_a, res_u, phase)
+            if prefetch is not None:
+                hier.prefetch(phase, prefetch(phase, layer, rows), t)
+            if missed is None and late is None:
+                t = t_hit
+            else:
+                items = (missed or []) + (late or [])
+                t = self._run_arrivals(phase, fetch(phase, missed, late, t), items, t_hit)
         self._end_iteration(phase, t0, t, n)
         return t
 
@@ -595,39 +371,26 @@ class Simulation:
         """Call ``observer(phase, layer, oids)`` with every lookup group the run performs (a
         layer's distinct objects in lookup order, pinned ones included), before its hits are
         decided. For tools that need the exact grouping of a run (miss-ratio curves); the
-        MoE-block methods are wrapped on this instance only, so runs without an observer
-        pay nothing."""
-        for name in ("_moe_layer", "_moe_layer_prefetching"):
-            inner = getattr(self, name)
+        hierarchy's lookup is wrapped on this instance only, so runs without an observer pay
+        nothing."""
+        hier = self.hierarchy
+        inner = hier.lookup
 
-            def wrapped(phase, layer, oids, counts, n, t, _inner=inner):
-                observer(phase, layer, oids)
-                return _inner(phase, layer, oids, counts, n, t)
-            setattr(self, name, wrapped)
+        def wrapped(phase, layer, oids, counts):
+            observer(phase, layer, oids)
+            return inner(phase, layer, oids, counts)
+        hier.lookup = wrapped
 
     def run(self, *, progress=None):
         """Run to completion and return a :class:`simulator.metrics.summary.RunResult`.
         ``progress``: a :func:`simulator.progress.bar` over the trace's tokens, or None."""
         from ..metrics.summary import collect
         self._progress = progress
-        self._pinned = self.ctx.pinned.tolist()
-        self._obj_bytes = self.ctx.object_bytes.tolist()
-        self._cache_access = self.cache.access
-        self._cache_insert = self.cache.insert
-        # (device, size) when every unpinned object lives on one device and all objects have
-        # one size: the miss path then needs no per-object bookkeeping.
-        unpinned = self.home[~self.ctx.pinned]
-        sizes = self.ctx.object_bytes
-        self._uniform = None
-        if (unpinned.size and (unpinned == unpinned[0]).all() and (sizes == sizes[0]).all()
-                and not self.prefetch_active):
-            self._uniform = (int(unpinned[0]), float(sizes[0]))
         self.warm_objects = list(self.warmup.initialize(self.cache))
-        self.peak_cache_bytes = self.cache.used_bytes
+        self.hierarchy.initialize(self.warm_objects)
         proc = self.env.process(self._executor())
         self.env.run(until=proc)
         if self.env.now < self.t:
             self.env.run(until=self.t)
-        self.net.close(self.t)
-        self.pf_wasted = self.pf_issued - self.pf_useful     # landed or in flight, never used
+        self.hierarchy.close(self.t)
         return collect(self)

@@ -41,6 +41,7 @@ def _stats(prefix: str, values, out: dict) -> None:
 
 def collect(sim: "Simulation") -> RunResult:
     s: dict[str, float] = {}
+    h = sim.hierarchy
     sysm = sim.system
     devs = sysm.devices
     reqs = sim.requests
@@ -83,18 +84,18 @@ def collect(sim: "Simulation") -> RunResult:
     tot_l = tot_h = 0
     for p, name in enumerate(PHASE_NAMES):
         s[f"expert_accesses.{name}"] = sim.accesses[p]
-        s[f"lookups.{name}"] = sim.lookups[p]
-        s[f"hits.{name}"] = sim.hits[p]
-        s[f"misses.{name}"] = sim.lookups[p] - sim.hits[p]
-        s[f"hit_rate.{name}"] = sim.hits[p] / sim.lookups[p] if sim.lookups[p] else float("nan")
-        tot_l += sim.lookups[p]
-        tot_h += sim.hits[p]
+        s[f"lookups.{name}"] = h.lookups[p]
+        s[f"hits.{name}"] = h.hits[p]
+        s[f"misses.{name}"] = h.lookups[p] - h.hits[p]
+        s[f"hit_rate.{name}"] = h.hits[p] / h.lookups[p] if h.lookups[p] else float("nan")
+        tot_l += h.lookups[p]
+        tot_h += h.hits[p]
         for d in devs:
-            served = sim.hits[p] if d.is_local else int(sim.served[p][d.index])
+            served = h.hits[p] if d.is_local else int(h.served[p][d.index])
             s[f"lookups_served.{name}.{d.name}"] = served
     s["hit_rate"] = tot_h / tot_l if tot_l else float("nan")
     # ------------------------------------------------------------ bytes
-    fetched = np.asarray(sim.fetched_bytes, dtype=np.float64)   # [phase, src device]
+    fetched = np.asarray(h.fetched_bytes, dtype=np.float64)   # [phase, src device]
     compute_read = sim.compute.local_bytes           # [phase]
     for p, name in enumerate(PHASE_NAMES):
         s[f"bytes.fetched.{name}"] = float(fetched[p].sum())
@@ -162,12 +163,12 @@ def collect(sim: "Simulation") -> RunResult:
     s["local.headroom_bytes"] = (local.spec.capacity_bytes - sim.non_expert_bytes - sim.pinned_bytes
                                  - sim.cache.capacity_bytes - kv_peak)
     s["cache.capacity_bytes"] = sim.cache.capacity_bytes
-    s["cache.peak_bytes"] = sim.peak_cache_bytes
-    s["cache.insertions"] = sim.insertions
-    s["cache.evictions"] = sim.evictions
+    s["cache.peak_bytes"] = h.peak_cache_bytes
+    s["cache.insertions"] = h.insertions
+    s["cache.evictions"] = h.evictions
     # ------------------------------------------------------------ placement (home of each expert)
-    homed = np.bincount(sim.home, minlength=len(devs))
-    homed_bytes = np.bincount(sim.home, weights=sim.ctx.object_bytes, minlength=len(devs))
+    homed = np.bincount(h.home, minlength=len(devs))
+    homed_bytes = np.bincount(h.home, weights=sim.ctx.object_bytes, minlength=len(devs))
     S = sim.ctx.slices_per_expert
     for d in devs:
         n = int(homed[d.index])
@@ -176,15 +177,15 @@ def collect(sim: "Simulation") -> RunResult:
         s[f"placement.bytes.{d.name}"] = float(homed_bytes[d.index])
     # ------------------------------------------------------------ prefetch
     misses = s["misses.prefill"] + s["misses.decode"]
-    s["prefetch.issued"] = sim.pf_issued
-    s["prefetch.useful"] = sim.pf_useful
-    s["prefetch.late"] = sim.pf_late
-    s["prefetch.wasted"] = sim.pf_wasted
-    s["prefetch.peak_buffer_bytes"] = sim.pf_peak_buffer
-    s["prefetch.accuracy"] = sim.pf_useful / sim.pf_issued if sim.pf_issued else float("nan")
-    s["prefetch.coverage"] = sim.pf_useful / misses if misses else float("nan")
+    s["prefetch.issued"] = h.pf_issued
+    s["prefetch.useful"] = h.pf_useful
+    s["prefetch.late"] = h.pf_late
+    s["prefetch.wasted"] = h.pf_wasted
+    s["prefetch.peak_buffer_bytes"] = h.pf_peak_buffer
+    s["prefetch.accuracy"] = h.pf_useful / h.pf_issued if h.pf_issued else float("nan")
+    s["prefetch.coverage"] = h.pf_useful / misses if misses else float("nan")
     for p, name in enumerate(PHASE_NAMES):
-        s[f"bytes.prefetched.{name}"] = sim.pf_bytes[p]
+        s[f"bytes.prefetched.{name}"] = h.pf_bytes[p]
     # ------------------------------------------------------------ utilisation
     s["utilization.compute"] = sum(sim.phase_time) / makespan if makespan > 0 else float("nan")
     for n, l in sysm.links.items():
@@ -206,7 +207,7 @@ def collect(sim: "Simulation") -> RunResult:
     if len(steps):
         steps["phase"] = steps["phase"].map(dict(enumerate(PHASE_NAMES)))
     names = [d.name for d in devs]
-    rows = sim.transfers.rows()
+    rows = h.transfers.rows()
     transfers = pd.DataFrame({
         "start_s": rows["start_s"],
         "end_s": rows["end_s"],
@@ -224,8 +225,8 @@ def collect(sim: "Simulation") -> RunResult:
     layers = pd.DataFrame({
         "layer": np.tile(np.arange(L), 2),
         "phase": np.repeat(list(PHASE_NAMES), L),
-        "lookups": np.asarray(sim.layer_lookups, dtype=np.int64).ravel(),
-        "hits": np.asarray(sim.layer_hits, dtype=np.int64).ravel(),
+        "lookups": np.asarray(h.layer_lookups, dtype=np.int64).ravel(),
+        "hits": np.asarray(h.layer_hits, dtype=np.int64).ravel(),
     })
     notes = []
     if s["local.headroom_bytes"] < 0:
