@@ -20,6 +20,7 @@ def _sim(name="default.yaml", sets=(), **kw) -> Simulation:
 def test_an_object_moves_through_in_flight_staged_and_cached():
     sim = _sim(sets=["prefetch.name=oracle_next_layer"])
     h = sim.hierarchy
+    h._ahead = lambda phase, layer, rows: []      # only the prefetches the test issues
     oid = next(o for o in range(len(h.home)) if not h.pinned[o])
     assert h.where(oid).startswith("at home (")
     h.prefetch(1, [oid], 0.0)
@@ -30,8 +31,8 @@ def test_an_object_moves_through_in_flight_staged_and_cached():
     assert h.where(oid) == "in flight"
     h.advance_to(10.0)
     assert h.where(oid) == "staged" and h.staged_bytes == h.ctx.object_bytes[oid]
-    res_u, _a, missed, late = h.lookup(1, sim.ctx.layer_of(oid), [oid], None)
-    assert (res_u, missed, late) == (1, None, None)   # a staged prefetch is resident ...
+    res_u, _a, arrivals, items = h.access(1, sim.ctx.layer_of(oid), [oid], None, 10.0)
+    assert (res_u, arrivals, items) == (1, None, None)   # a staged prefetch is resident ...
     assert h.hits[1] == 0 and h.pf_useful == 1        # ... but not a hit
     assert h.where(oid) == "cached" and h.staged_bytes == 0
 
@@ -39,11 +40,12 @@ def test_an_object_moves_through_in_flight_staged_and_cached():
 def test_a_late_prefetch_is_waited_for_and_ends_no_later_than_a_demand_fetch():
     sim = _sim(sets=["prefetch.name=oracle_next_layer"])
     h = sim.hierarchy
+    h._ahead = lambda phase, layer, rows: []      # only the prefetches the test issues
     oid = next(o for o in range(len(h.home)) if not h.pinned[o])
     h.prefetch(1, [oid], 0.0)
-    _u, _a, missed, late = h.lookup(1, sim.ctx.layer_of(oid), [oid], None)
-    assert missed is None and len(late) == 1 and h.pf_late == 1
-    (arrival,) = h.fetch(1, missed, late, 1e-6)
+    _u, _a, arrivals, items = h.access(1, sim.ctx.layer_of(oid), [oid], None, 1e-6)
+    assert [it[0] for it in items] == [oid] and len(items[0]) == 3 and h.pf_late == 1
+    (arrival,) = arrivals
     res, lat = h.paths[h.home[oid]]
     alone = lat + h.ctx.object_bytes[oid] / min(r.capacity for r in res)
     assert arrival == pytest.approx(alone, rel=1e-12)   # it started at 0, alone on the link
@@ -57,8 +59,7 @@ def test_rehome_moves_fetches_to_the_new_device_and_checks_capacity():
     oid = next(o for o in range(len(h.home)) if h.home[o] == cxl[0])
     h.rehome(oid, cxl[1])
     assert h.where(oid) == f"at home ({devs[cxl[1]].name})"
-    _u, _a, missed, _l = h.lookup(1, sim.ctx.layer_of(oid), [oid], None)
-    h.fetch(1, missed, None, 0.0)
+    h.access(1, sim.ctx.layer_of(oid), [oid], None, 0.0)
     assert h.served[1][cxl[1]] == 1 and h.served[1][cxl[0]] == 0
     with pytest.raises(SimulationError, match="cannot pin"):
         h.rehome(oid, sim.system.local.index)

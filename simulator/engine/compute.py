@@ -99,6 +99,27 @@ class ComputeModel:
         self.local_bytes[phase] += by
         return max(fl / self.F, by / self.B)
 
+    def moe_unit_times(self, n: int, umax: int) -> list[float]:
+        """``moe(n, u, u)`` for u = 0..umax without accounting: the MoE block's time when each
+        of ``u`` resident experts serves one token assignment (decode at small batch), for
+        table lookup on the hot path. Account with :meth:`account_moe`."""
+        c_fl, c_by = 2.0 * self.moe_fixed_params * n, self.moe_fixed_params * self.P
+        fpe, eb, F, B = 2.0 * self.Pe, self.expert_weight_bytes, self.F, self.B
+        return [max((fpe * u + c_fl) / F, (eb * u + c_by) / B) for u in range(umax + 1)]
+
+    def unit_expert_time(self) -> float:
+        """``expert(1, ·)`` without accounting: a late expert serving one assignment."""
+        return max(2.0 * self.Pe / self.F, self.expert_weight_bytes / self.B)
+
+    def account_moe(self, phase: int, n: int, blocks: int, assignments: float, resident: int,
+                    late: int) -> None:
+        """Accumulate what ``blocks`` MoE blocks of ``n`` tokens timed from the tables above
+        did: ``assignments`` over ``resident`` experts in the grouped kernels, and ``late``
+        experts of one assignment each run on their own."""
+        fpe, eb = 2.0 * self.Pe, self.expert_weight_bytes
+        self.flops[phase] += fpe * (assignments + late) + 2.0 * self.moe_fixed_params * n * blocks
+        self.local_bytes[phase] += eb * (resident + late) + self.moe_fixed_params * self.P * blocks
+
     def experts_serial(self, assignments, phase: int) -> float:
         """Total time of late experts run back to back, one kernel each (accumulates)."""
         fpe, eb, F, B = 2.0 * self.Pe, self.expert_weight_bytes, self.F, self.B

@@ -36,7 +36,7 @@ DEMAND, PREFETCH = 0, 1
 
 
 class MemoryHierarchy:
-    def __init__(self, ctx, system: System, home: np.ndarray, cache, *, prefetching: bool,
+    def __init__(self, ctx, system: System, home: np.ndarray, cache, prefetcher=None, *,
                  log_events: bool, fast_path: bool = True):
         self.ctx, self.system, self.cache = ctx, system, cache
         self.home = home                                   # device index per object
@@ -50,8 +50,6 @@ class MemoryHierarchy:
                       for d in system.devices]
         nd, L = len(system.devices), ctx.num_layers
         # counters [phase]; plain lists, not numpy: they are bumped on the hot path
-        self.lookups = [0, 0]
-        self.hits = [0, 0]
         self.layer_lookups = [[0] * L, [0] * L]
         self.layer_hits = [[0] * L, [0] * L]
         self.served = [[0] * nd, [0] * nd]                 # lookups served per device
@@ -60,21 +58,24 @@ class MemoryHierarchy:
         self.peak_cache_bytes = 0.0
         self.transfers = TransferLog()
         # prefetch state
-        self.prefetching = prefetching
+        self.prefetching = prefetching = prefetcher is not None
         self.inflight: dict[int, Flow] = {}      # object -> its prefetch flow, until it lands
         self.staged: set[int] = set()            # landed prefetches, not used yet
         self.staged_bytes = self.pf_peak_buffer = 0.0
         self.pf_issued = self.pf_useful = self.pf_late = 0
         self.pf_bytes = [0.0, 0.0]
-        self.lookup = self._lookup_prefetching if prefetching else self._lookup
+        self._ahead = prefetcher.on_layer_start if prefetcher is not None else None
+        self.access = self._access_prefetching if prefetcher is not None else self._access
         self._refresh()
 
     def _refresh(self) -> None:
         """Hot-path copies of the placement (plain lists) and the one-device shortcut."""
+        if hasattr(self, "_uniform"):
+            self._settle_uniform()
         self._pinned = self.pinned.tolist()
         self._home = self.home.tolist()
         self._sizes = self.ctx.object_bytes.tolist()
-        self._access, self._insert = self.cache.access, self.cache.insert
+        self._cache_access, self._insert = self.cache.access, self.cache.insert
         # (device, size) when every unpinned object lives on one device and all objects have
         # one size: the miss path then needs no per-object bookkeeping
         unpinned, sizes = self.home[~self.pinned], self.ctx.object_bytes
@@ -82,6 +83,9 @@ class MemoryHierarchy:
         if (self.fast_path and not self.prefetching and unpinned.size
                 and (unpinned == unpinned[0]).all() and (sizes == sizes[0]).all()):
             self._uniform = (int(unpinned[0]), float(sizes[0]))
+            res, self._uni_lat = self.paths[self._uniform[0]]
+            self._uni_cap = min(r.capacity for r in res)
+        self._uni_bytes = self._uni_busy = 0.0
 
     # ------------------------------------------------------------------ state
     def where(self, oid: int) -> str:
@@ -114,17 +118,23 @@ class MemoryHierarchy:
         self.peak_cache_bytes = self.cache.used_bytes
 
     # ------------------------------------------------------------------ lookups
-    def _count(self, phase: int, layer: int, n: int, hits: int) -> None:
-        self.lookups[phase] += n
-        self.hits[phase] += hits
-        self.layer_lookups[phase][layer] += n
-        self.layer_hits[phase][layer] += hits
+    @property
+    def lookups(self) -> list[int]:
+        return [sum(x) for x in self.layer_lookups]
 
-    def _lookup(self, phase: int, layer: int, oids, counts):
-        """Look up a layer's distinct objects (token counts per object, or None = 1 each).
-        Returns (resident objects, their token assignments, misses as [(oid, count)] or None,
-        late prefetches as [(oid, count, flow)] or None). Misses are fetched by ``fetch``."""
-        pinned, access = self._pinned, self._access
+    @property
+    def hits(self) -> list[int]:
+        return [sum(x) for x in self.layer_hits]
+
+    def _access(self, phase: int, layer: int, oids, counts, t: float, rows=None):
+        """Look up a layer's distinct objects at ``t`` (token counts per object, or None = 1
+        each) and fetch the misses. Returns (resident objects, their token assignments,
+        arrivals, items): ``items`` the non-resident objects as [(oid, count, ...)] in lookup
+        order, ``arrivals`` None (all resident), one time (all arrive together) or a list
+        aligned with ``items``. Hits update the cache policy's state; misses then enter the
+        cache in lookup order, so a fetch never evicts an expert the same layer found
+        resident (libCacheSim's one-at-a-time ``get`` can)."""
+        pinned, access = self._pinned, self._cache_access
         hit_u = hit_a = 0
         missed = None
         i = 0
@@ -134,19 +144,29 @@ class MemoryHierarchy:
             if pinned[oid] or access(oid):
                 hit_u += 1
                 hit_a += c
+            elif missed is None:
+                missed = [(oid, c)]
             else:
-                if missed is None:
-                    missed = []
                 missed.append((oid, c))
-        self._count(phase, layer, i, hit_u)
-        return hit_u, hit_a, missed, None
+        self.layer_lookups[phase][layer] += i
+        self.layer_hits[phase][layer] += hit_u
+        if missed is None:
+            return hit_u, hit_a, None, None
+        uni = self._uniform
+        if uni is not None:
+            return hit_u, hit_a, self._fetch_uniform(phase, missed, uni[0], uni[1], t), missed
+        return hit_u, hit_a, self._fetch_general(phase, missed, None, t, False), missed
 
-    def _lookup_prefetching(self, phase: int, layer: int, oids, counts):
-        """``_lookup`` when prefetches may be staged or in flight. Hits are decided for the
-        whole group first, so prefetching never changes them; the rest then enter the cache
-        in lookup order, as demand fetches would: a staged object is resident for compute, a
-        late one (still in flight) is waited for, the others are misses."""
-        pinned, access = self._pinned, self._access
+    def _access_prefetching(self, phase: int, layer: int, oids, counts, t: float, rows=None):
+        """``_access`` when a prefetcher runs. Background transfers due by ``t`` land first.
+        Hits are decided for the whole group before the cache changes, so prefetching never
+        changes them; the rest enter the cache in lookup order, as demand fetches would: a
+        staged object is resident for compute, a late one (still in flight) is waited for at
+        demand priority, the others are fetched. The prefetcher is asked after the hits are
+        decided and before the misses move (its transfers start at ``t`` too)."""
+        if self.net.next_change() <= t:
+            self.net.advance_to(t)
+        pinned, access = self._pinned, self._cache_access
         inflight, staged = self.inflight, self.staged
         sizes, home, served = self._sizes, self._home, self.served[phase]
         res_u = res_a = hit_u = 0
@@ -175,8 +195,13 @@ class MemoryHierarchy:
                 missed.append((oid, c))
             served[home[oid]] += 1
             self._admit(oid, sizes[oid])
-        self._count(phase, layer, len(oids), hit_u)
-        return res_u, res_a, missed or None, late or None
+        self.layer_lookups[phase][layer] += len(oids)
+        self.layer_hits[phase][layer] += hit_u
+        self.prefetch(phase, self._ahead(phase, layer, rows), t)
+        if not missed and not late:
+            return res_u, res_a, None, None
+        arrivals = self._fetch_general(phase, missed, late or None, t, True)
+        return res_u, res_a, arrivals, missed + late
 
     def _admit(self, oid: int, size: float) -> bool:
         """Insert ``oid`` into the cache, counting insertions and evictions. False if the
@@ -217,22 +242,10 @@ class MemoryHierarchy:
         if flows:
             self.net.start(flows, t)
 
-    def fetch(self, phase: int, missed, late, t: float):
-        """Fetch the misses of a lookup at ``t`` (and wait for its late prefetches, raised to
-        demand priority). Returns when each arrives: one time when all arrive together, else
-        a list aligned with ``missed + late``."""
-        uni = self._uniform
-        if uni is not None and late is None:
-            dev, size = uni
-            end = self._fetch_uniform(phase, missed, dev, size, t)
-            if end is not None:
-                return end
-            return self._fetch_general(phase, missed, None, t, counted=True)
-        return self._fetch_general(phase, missed, late, t, counted=self.prefetching)
-
     def _fetch_uniform(self, phase, missed, dev: int, size: float, t: float):
         """One backing device, one object size: insert in lookup order and move the batch in
-        closed form (all arrive together). None when the network is busy."""
+        closed form (all arrive together). Only this path moves bytes then (no prefetcher, no
+        other device), so the network stays idle."""
         insert = self._insert
         n = len(missed)
         self.served[phase][dev] += n
@@ -250,21 +263,31 @@ class MemoryHierarchy:
         used = self.cache.used_bytes
         if used > self.peak_cache_bytes:
             self.peak_cache_bytes = used
-        res, lat = self.paths[dev]
-        end = self.net.isolated_uniform(res, lat, size, n, t, math.inf)
-        if end is None:
-            return None
-        self.fetched_bytes[phase][dev] += n * size
+        # the closed form of n equal flows alone on one path (the network is idle: nothing
+        # else moves on this path); the resources' totals are settled by _settle_uniform
+        total = n * size
+        busy = total / self._uni_cap
+        end = t + self._uni_lat + busy
+        self._uni_bytes += total
+        self._uni_busy += busy
+        self.fetched_bytes[phase][dev] += total
         if self.log_events:
             self.transfers.add(t, end, size, n, dev, phase, DEMAND, [o for o, _c in missed])
         return end
+
+    def _settle_uniform(self) -> None:
+        """Carry the one-device shortcut's bytes and busy time over to its resources."""
+        if self._uniform is not None and self._uni_bytes:
+            for r in self.paths[self._uniform[0]][0]:
+                r.bytes += self._uni_bytes
+                r.busy_time += self._uni_busy
+        self._uni_bytes = self._uni_busy = 0.0
 
     def _fetch_general(self, phase: int, missed, late, t: float, counted: bool):
         """Any fetch: ``counted`` when the lookup already admitted the misses to the cache
         and counted them as served by their devices."""
         home, sizes, paths = self._home, self._sizes, self.paths
         served = self.served[phase]
-        missed = missed or []
         devs, msizes = [], []
         for oid, _c in missed:
             dev = home[oid]
@@ -313,6 +336,7 @@ class MemoryHierarchy:
 
     def close(self, t: float) -> None:
         """End of run: settle the network's accounting at ``t``."""
+        self._settle_uniform()
         self.net.close(t)
 
     @property

@@ -23,6 +23,7 @@ optimisation only: tests run both ways and compare.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -82,9 +83,10 @@ class Simulation:
         self.env = simpy.Environment()
         self.prefetch_active = bool(self.prefetch.active)
         self.log_events = cfg.output.events
-        self.hierarchy = MemoryHierarchy(self.ctx, self.system, home, self.cache,
-                                         prefetching=self.prefetch_active,
-                                         log_events=self.log_events, fast_path=fast_path)
+        self.hierarchy = MemoryHierarchy(
+            self.ctx, self.system, home, self.cache,
+            self.prefetch if self.prefetch_active else None,
+            log_events=self.log_events, fast_path=fast_path)
 
         L = self.ctx.num_layers
         self.t = 0.0
@@ -96,6 +98,10 @@ class Simulation:
         self.kv_peak_tokens = 0
         self.steps: list[tuple] = []
         self.warm_objects: list[int] = []
+        # hot-path tables: MoE block time by resident experts, per batch size
+        self._moe_tables: dict[int, list[float]] = {}
+        self._slots_per_token = trace.meta.top_k * self.ctx.slices_per_expert
+        self._serial1 = self.compute.unit_expert_time()
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod
@@ -199,26 +205,43 @@ class Simulation:
         n_full = sum(full)
         compute.account(phase, n_full * ff + (L - n_full) * lf, n_full * fb + (L - n_full) * lb)
         self.accesses[phase] += n * L * self.ctx.trace.meta.top_k
-        hier, moe = self.hierarchy, compute.moe
-        lookup, fetch, advance = hier.lookup, hier.fetch, hier.advance_to
-        prefetch = self.prefetch.on_layer_start if self.prefetch_active else None
-        peek, env = self.env.peek, self.env
+        access, moe, run_arrivals = self.hierarchy.access, compute.moe, self._run_arrivals
+        # unit-count layers (each object serves one assignment: decode at small batch) are
+        # timed from tables and accounted once per iteration
+        moe_t = self._moe_tables.get(n)
+        if moe_t is None:
+            moe_t = self._moe_tables[n] = compute.moe_unit_times(n, n * self._slots_per_token)
+        serial1 = self._serial1
+        ub = ur = ul = 0
+        env = self.env
+        # nothing else can schedule an event while this process runs, so the next one is
+        # known for the whole iteration (-inf: hand control to SimPy at every layer)
+        horizon = env.peek() if self.fast_path else -math.inf
+        per_layer = type(lookups) is list               # precomputed (oids, counts) per layer
         for layer in range(L):
             t += t_full if full[layer] else t_lin
-            oids, counts = lookups(layer)
-            if peek() <= t or not self.fast_path:  # another process is due first: let it run
+            oids, counts = lookups[layer] if per_layer else lookups(layer)
+            if t >= horizon:                          # another process is due first: let it run
                 self.t = t
                 yield env.timeout(t - env.now)
-            advance(t)                             # background transfers due by now land
-            res_u, res_a, missed, late = lookup(phase, layer, oids, counts)
+                horizon = env.peek() if self.fast_path else -math.inf
+            res_u, res_a, arrivals, items = access(phase, layer, oids, counts, t, rows)
+            if counts is None:
+                ub += 1
+                ur += res_u
+                t_hit = t + moe_t[res_u]
+                if arrivals is None:
+                    t = t_hit
+                elif type(arrivals) is float:     # all arrive together, one assignment each
+                    ul += len(items)
+                    t = (t_hit if t_hit > arrivals else arrivals) + serial1 * len(items)
+                else:
+                    t = run_arrivals(phase, arrivals, items, t_hit)
+                continue
             t_hit = t + moe(n, res_a, res_u, phase)
-            if prefetch is not None:
-                hier.prefetch(phase, prefetch(phase, layer, rows), t)
-            if missed is None and late is None:
-                t = t_hit
-            else:
-                items = (missed or []) + (late or [])
-                t = self._run_arrivals(phase, fetch(phase, missed, late, t), items, t_hit)
+            t = t_hit if arrivals is None else run_arrivals(phase, arrivals, items, t_hit)
+        if ub:
+            compute.account_moe(phase, n, ub, ur, ur, ul)
         self._end_iteration(phase, t0, t, n)
         return t
 
@@ -258,8 +281,7 @@ class Simulation:
         if not self.routing.identity:
             lookups = lambda layer: self._route(DECODE, layer, rows)
         elif n == 1:
-            token = batch[0].dec_oids[batch[0].decoded]
-            lookups = lambda layer: (token[layer], None)
+            lookups = [(o, None) for o in batch[0].dec_oids[batch[0].decoded]]
         else:
             token_oids = [q.dec_oids[q.decoded] for q in batch]
 
@@ -374,12 +396,12 @@ class Simulation:
         hierarchy's lookup is wrapped on this instance only, so runs without an observer pay
         nothing."""
         hier = self.hierarchy
-        inner = hier.lookup
+        inner = hier.access
 
-        def wrapped(phase, layer, oids, counts):
+        def wrapped(phase, layer, oids, counts, t, rows=None):
             observer(phase, layer, oids)
-            return inner(phase, layer, oids, counts)
-        hier.lookup = wrapped
+            return inner(phase, layer, oids, counts, t, rows)
+        hier.access = wrapped
 
     def run(self, *, progress=None):
         """Run to completion and return a :class:`simulator.metrics.summary.RunResult`.
