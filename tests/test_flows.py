@@ -515,3 +515,17 @@ def test_groups_stay_few_with_many_flows():
     assert len(net._glist) == 4
     net.run_until_done(flows)
     assert shared.bytes == pytest.approx(sum(f.size for f in flows), rel=1e-12)
+
+
+def test_float_residue_is_settled_so_bytes_are_conserved():
+    """A completion merged into a change 50 ps before it (inside the clock's resolution at
+    t ~ 1000 s) still credits the flow's last sliver of bytes to its resources."""
+    link = Resource("l", 1.0)
+    net = FlowNetwork()
+    a = Flow(1.0, (link,), 0.0)
+    b = Flow(1.0, (link,), 0.5 - 5e-11)          # activates 5e-11 s before a would end
+    net.start([a], 1000.0)
+    net.start([b], 1000.5)
+    net.run_until_done([a, b])
+    assert a.done_at == pytest.approx(1001.0, rel=1e-12) and a.done_at < 1001.0
+    assert link.bytes == pytest.approx(2.0, rel=1e-13, abs=0)

@@ -88,12 +88,14 @@ class Flow:
     """One transfer. ``done_at`` is set (from nan) when its last byte arrives."""
 
     __slots__ = ("size", "path", "latency", "tag", "cap", "priority", "start_at",
-                 "activate_at", "done_at", "rate", "_group", "_vtag", "_batch")
+                 "activate_at", "done_at", "rate", "_group", "_vtag")
 
     def __init__(self, size: float, path: tuple[Resource, ...], latency: float, tag=None,
                  cap: float = _INF, priority: int = 0):
         if size < 0:
             raise ValueError("flow size must be >= 0")
+        if not cap > 0:
+            raise ValueError(f"flow cap must be > 0, got {cap}")
         self.size = float(size)
         self.path = path
         self.latency = float(latency)
@@ -106,7 +108,6 @@ class Flow:
         self.rate = 0.0              # set by max_min_rates only (the network: FlowNetwork.rate)
         self._group = None           # _Group while active
         self._vtag = 0.0             # finish tag in its group's virtual clock
-        self._batch = None           # pending batch while in the latency phase
 
     def __repr__(self) -> str:
         return f"Flow({self.size:.6g} B, prio {self.priority}, tag={self.tag!r})"
@@ -165,10 +166,15 @@ def _fill(items: list[tuple], residual: dict[Resource, float]) -> list[float]:
 
 
 # ---------------------------------------------------------------------- the network
+def _by_cap(g) -> float:
+    return g.cap
+
+
 class _Group:
     """Active flows of one (path, cap, priority): one rate, one virtual clock."""
 
-    __slots__ = ("key", "path", "cap", "prio", "cmin", "V", "heap", "n", "rate", "t_next")
+    __slots__ = ("key", "path", "cap", "prio", "cmin", "V", "heap", "n", "rate", "t_next",
+                 "live")
 
     def __init__(self, key, path, cap, prio):
         self.key = key
@@ -180,13 +186,14 @@ class _Group:
             if r.capacity < c:
                 c = r.capacity
         self.cmin = c                # the path's bottleneck capacity
-        self.V = 0.0
+        self.V = 0.0                 # bytes served to each member (reset when it empties)
         self.heap: list = []         # (finish tag, seq, flow); stale if flow._group is not self
-        self.n = 0
-        self.rate = 0.0
-        self.t_next = _INF
+        self.n = 0                   # members
+        self.rate = 0.0              # per member
+        self.t_next = _INF           # next member completion at this rate
+        self.live = False            # in FlowNetwork._glist (has members)
 
-    def top(self):
+    def top(self) -> float:
         """Smallest live finish tag (pops stale entries of promoted members)."""
         h = self.heap
         while h[0][2]._group is not self:
@@ -202,9 +209,11 @@ class FlowNetwork:
         self.on_complete: Callable[[Flow], None] | None = None   # accounting hook
         self._ts = 0.0                       # time the groups/resources were integrated to
         self._next = _INF                    # cached next_change()
-        self._pend: list = []                # heap of batches, see _batch()
-        self._groups: dict = {}              # key -> _Group (only groups with members)
-        self._glist: list[_Group] = []       # the same, as a list
+        # latency phase: heap of batches [activate_at, seq, path, cap, prio, flows, mixed]
+        # (mixed: a member was promoted while pending, so the batch splits on activation)
+        self._pend: list = []
+        self._groups: dict = {}              # (path, cap, prio) -> _Group, kept for reuse
+        self._glist: list[_Group] = []       # the groups that have members
         self._seq = 0
 
     # ------------------------------------------------------------------ queries
@@ -272,39 +281,54 @@ class FlowNetwork:
     def start(self, flows, at: float) -> None:
         """Admit ``flows`` starting at ``at`` (after advancing to it): each waits its
         latency, then shares bandwidth. Zero-size zero-latency flows complete at once."""
-        if at < self._next:
-            if at > self.t:
+        nxt = self._next
+        if at < nxt:
+            t = self.t
+            if at > t:
                 self.t = at
-            elif at < self.t and self.t - at > _TIME_TOL * max(1.0, abs(self.t)):
-                raise ValueError(f"start at {at!r} is before the network's time {self.t!r}")
+            elif at < t and t - at > _TIME_TOL * max(1.0, abs(t)):
+                raise ValueError(f"start at {at!r} is before the network's time {t!r}")
         else:
             self.advance_to(at)
+            nxt = self._next
         if not flows:
             return
         f0 = flows[0]
         path, cap, prio, lat = f0.path, f0.cap, f0.priority, f0.latency
+        act = at + lat
         same = True
         for f in flows:
             f.start_at = at
-            f.activate_at = at + f.latency
-            if f.latency != lat or f.priority != prio or f.cap != cap or f.path is not path:
+            if f.latency == lat and f.path is path and f.cap == cap and f.priority == prio:
+                f.activate_at = act
+            else:
+                f.activate_at = at + f.latency
                 same = False
+        seq = self._seq + 1
         if same:
-            batches = [self._batch(at + lat, path, cap, prio, list(flows))]
+            batches = [[act, seq, path, cap, prio, list(flows), False]]
         else:
             by: dict = {}
             for f in flows:
                 by.setdefault((f.activate_at, f.path, f.cap, f.priority), []).append(f)
-            batches = [self._batch(k[0], k[1], k[2], k[3], v) for k, v in by.items()]
-        now = []
+            batches = []
+            for (a, p, c, pr), fs in by.items():
+                batches.append([a, seq, p, c, pr, fs, False])
+                seq += 1
+        self._seq = seq
+        now = None
+        lim = self.t + _EPS
         for b in batches:
-            if b[0] <= self.t + _EPS:
+            if b[0] <= lim:
+                if now is None:
+                    now = []
                 now.append(b)
             else:
                 _heappush(self._pend, b)
-                if b[0] < self._next:
-                    self._next = b[0]
-        if now:
+                if b[0] < nxt:
+                    nxt = b[0]
+        self._next = nxt
+        if now is not None:
             t = self.t if self.t > self._ts else self._ts
             self._settle(t)
             done: list[Flow] = []
@@ -320,18 +344,18 @@ class FlowNetwork:
         for f in flows:
             if not f.priority or f.done_at == f.done_at:
                 continue
+            f.priority = 0
             g = f._group
-            if g is None:
-                f.priority = 0
-                b = f._batch
-                if b is not None:
-                    b[6] = True              # pending: its batch splits by priority on activation
+            if g is None:                    # pending (or not started): mark its batch
+                for b in self._pend:
+                    if b[4] and f in b[5]:
+                        b[6] = True
+                        break
                 continue
             if not moved:
                 self._settle(self.t)
                 moved = True
-            f.priority = 0
-            rem = f._vtag - g.V
+            rem = f._vtag - g.V              # bytes left, carried into the demand group
             g.n -= 1
             if not g.n:
                 self._drop(g)
@@ -345,24 +369,23 @@ class FlowNetwork:
             self._recompute(self._ts)
 
     # ------------------------------------------------------------------ internals
-    def _batch(self, act, path, cap, prio, flows) -> list:
-        self._seq += 1
-        b = [act, self._seq, path, cap, prio, flows, False]   # [..., mixed priorities]
-        for f in flows:
-            f._batch = b
-        return b
-
     def _group(self, path, cap, prio) -> _Group:
         key = (path, cap, prio)
         g = self._groups.get(key)
         if g is None:
-            g = _Group(key, path, cap, prio)
-            self._groups[key] = g
+            g = self._groups[key] = _Group(key, path, cap, prio)
+        if not g.live:
+            g.live = True
             self._glist.append(g)
         return g
 
     def _drop(self, g: _Group) -> None:
-        del self._groups[g.key]
+        """``g`` has no members left: out of the active list, clock reset for reuse."""
+        g.live = False
+        g.V = 0.0
+        g.heap.clear()
+        g.rate = 0.0
+        g.t_next = _INF
         self._glist.remove(g)
 
     def _settle(self, t: float) -> None:
@@ -388,33 +411,34 @@ class FlowNetwork:
             by: dict = {}
             for f in flows:
                 by.setdefault(f.priority, []).append(f)
-            if len(by) > 1 or b[4] not in by:
-                for prio, fs in by.items():
-                    self._activate([b[0], b[1], b[2], b[3], prio, fs, False], t, done)
-                return
+            for prio, fs in by.items():
+                self._activate([b[0], b[1], b[2], b[3], prio, fs, False], t, done)
+            return
         path, cap = b[2], b[3]
         if not path and cap == _INF:         # nothing to cross: done on arrival
             for f in flows:
-                f._batch = None
                 f.done_at = t
                 done.append(f)
             return
         g = None
         k = 0
+        seq = self._seq
         for f in flows:
-            f._batch = None
-            if f.size <= 0:
+            size = f.size
+            if size <= 0:
                 f.done_at = t
                 done.append(f)
                 continue
             if g is None:
                 g = self._group(path, cap, b[4])
                 heap, V = g.heap, g.V
-            self._seq += 1
-            f._vtag = V + f.size
+            seq += 1
+            vt = V + size
+            f._vtag = vt
             f._group = g
-            _heappush(heap, (f._vtag, self._seq, f))
+            _heappush(heap, (vt, seq, f))
             k += 1
+        self._seq = seq
         if k:
             g.n += k
             for r in path:
@@ -424,8 +448,8 @@ class FlowNetwork:
 
     def _complete(self, g: _Group, t: float, tol: float, done: list) -> None:
         """Finish the members of ``g`` whose time left at ``t`` is below the tolerance."""
-        h, V, rate, path = g.heap, g.V, g.rate, g.path
-        lim = V + tol * rate
+        h, V, path = g.heap, g.V, g.path
+        lim = V + tol * g.rate
         k = 0
         while h:
             vt, _s, f = h[0]
@@ -455,21 +479,40 @@ class FlowNetwork:
     def _step(self) -> None:
         """Apply the next change (all activations and completions due at ``_next``)."""
         t = self._next
-        if t < self._ts:
-            t = self._ts
-        self._settle(t)
+        ts = self._ts
+        gl = self._glist
+        if t > ts:
+            dt = t - ts
+            for g in gl:                     # _settle, inlined (hot path)
+                rate = g.rate
+                if rate > 0:
+                    inc = rate * dt
+                    g.V += inc
+                    moved = inc * g.n
+                    for r in g.path:
+                        r.bytes += moved
+            self._ts = t
+        else:
+            t = ts
+        if t > self.t:
+            self.t = t
         done: list[Flow] = []
         tol = _TIME_TOL * (t if t > 1.0 else (-t if t < -1.0 else 1.0))
-        due = t + tol
-        for g in self._glist[:]:
-            if g.t_next <= due or g.top() <= g.V:
+        if gl:
+            due = t + tol
+            hit = [g for g in gl if g.t_next <= due]
+            for g in hit:
                 self._complete(g, t, tol, done)
         pend = self._pend
-        lim = t + _EPS
-        while pend and pend[0][0] <= lim:
-            self._activate(_heappop(pend), t, done)
+        if pend:
+            lim = t + _EPS
+            while pend and pend[0][0] <= lim:
+                self._activate(_heappop(pend), t, done)
         self._recompute(t)
-        self._report(done)
+        cb = self.on_complete
+        if cb is not None:
+            for f in done:
+                cb(f)
 
     def _report(self, done: list) -> None:
         cb = self.on_complete
@@ -480,60 +523,67 @@ class FlowNetwork:
     def _recompute(self, t: float) -> None:
         """New rates for every group, then each group's next completion and ``_next``."""
         gl = self._glist
+        nxt = self._pend[0][0] if self._pend else _INF
         n = len(gl)
         if n == 1:
-            g = gl[0]                        # alone: n members share the bottleneck
+            g = gl[0]                        # alone: its members share the bottleneck
             share = g.cmin / g.n
-            g.rate = share if share < g.cap else g.cap
-        elif n:
+            rate = g.rate = share if share < g.cap else g.cap
+            tn = g.t_next = t + (g.top() - g.V) / rate
+            self._next = tn if tn < nxt else nxt
+            return
+        if n:
             p0 = gl[0].path
             for g in gl:
                 if g.path is not p0 and g.path != p0:
                     self._fill_groups()
                     break
             else:
-                self._fill_one_path(p0)
-        nxt = self._pend[0][0] if self._pend else _INF
-        for g in gl:
-            rate = g.rate
-            if rate > 0:
-                tn = t + (g.top() - g.V) / rate
+                self._fill_one_path()
+            for g in gl:
+                rate = g.rate
+                if rate > 0:
+                    tn = t + (g.top() - g.V) / rate
+                elif g.top() <= g.V:
+                    tn = t                   # paused, but nothing left (float residue)
+                else:
+                    tn = _INF
                 g.t_next = tn
                 if tn < nxt:
                     nxt = tn
-            else:
-                g.t_next = _INF
         self._next = nxt
 
-    def _fill_one_path(self, path) -> None:
-        """Every group on one path: the bottleneck is its smallest capacity; each class in
-        turn water-fills what the classes before it left, caps first."""
-        avail = _INF
-        for r in path:
-            if r.capacity < avail:
-                avail = r.capacity
-        sat = _SAT * avail if avail != _INF else 0.0     # an empty path has no bottleneck
+    def _fill_one_path(self) -> None:
+        """Every group on one path: the bottleneck is its smallest capacity. Without caps the
+        first class takes it all (shared by its members); else each class in turn
+        water-fills what the classes before it left, caps first."""
         gl = self._glist
-        prios = {g.prio for g in gl}
-        for prio in sorted(prios) if len(prios) > 1 else prios:
-            cls = [g for g in gl if g.prio == prio] if len(prios) > 1 else gl
+        avail = gl[0].cmin
+        top, users = None, 0
+        for g in gl:
+            if g.cap != _INF:
+                break
+            p = g.prio
+            if top is None or p < top:
+                top, users = p, g.n
+            elif p == top:
+                users += g.n
+        else:
+            share = avail / users
+            for g in gl:
+                g.rate = share if g.prio == top else 0.0
+            return
+        sat = _SAT * avail if avail != _INF else 0.0     # an empty path has no bottleneck
+        for prio in sorted({g.prio for g in gl}):
+            cls = [g for g in gl if g.prio == prio]
             if avail <= 0.0:
                 for g in cls:
                     g.rate = 0.0
                 continue
             users = 0
-            capped = False
             for g in cls:
                 users += g.n
-                if g.cap != _INF:
-                    capped = True
-            if not capped:
-                share = avail / users
-                for g in cls:
-                    g.rate = share
-                avail = 0.0
-                continue
-            cls = sorted(cls, key=lambda g: g.cap)
+            cls.sort(key=_by_cap)
             left = avail
             for i, g in enumerate(cls):
                 share = left / users
