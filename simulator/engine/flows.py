@@ -27,21 +27,24 @@ Representation (cost per change does not grow with the number of concurrent flow
 Flows with the same (path, cap, priority) are symmetric under max-min fairness, so they always
 share one rate: active flows are kept in *groups* keyed by that triple. A group has a virtual
 service clock ``V`` (bytes served to each member since the group was created) and a min-heap
-of member finish tags ``V at activation + size``; a member ends when ``V`` reaches its tag.
-Rates are weighted progressive filling over groups (weight = member count), with cheap special
-cases for one group and for all groups on one path. A change (activation, completion,
-promotion) costs O(#groups x path length) + O(log n) heap work; #groups is bounded by
-paths x caps x classes, not by flows. Flows in their latency phase wait in a heap of batches
-(one batch per ``start`` call and key) ordered by activation time.
+of member finish tags ``V at activation + size`` (flows activated together with one size share
+one heap entry); a member ends when ``V`` reaches its tag. Rates are weighted progressive
+filling over groups (weight = member count), with cheap special cases for one group and for
+all groups on one path (no caps: the first class shares the path's bottleneck, the others are
+paused). A change (activation, completion, promotion) costs O(#groups x path length) +
+O(log n) heap work; #groups is bounded by paths x caps x classes, not by flows. Promotion moves
+a flow to the demand group of its path with its remaining bytes (tag - V) as its new tag
+there. Flows in their latency phase wait in a heap of batches (one batch per ``start`` call
+and key) ordered by activation time.
 
-Time is advanced lazily: rates are constant between changes, so the state (each group's ``V``,
-each resource's ``bytes``) is only integrated when a change is applied; ``advance_to(t)``
-before the next change just moves the clock (O(1)). ``Resource.bytes`` and ``busy_time`` are
-exact at change instants and after ``close``. ``busy_time`` counts time with at least one flow
-past its latency and not finished crossing the resource (a paused background flow counts).
-Float residue is settled at completion (a member is done when its time left is below
-``_TIME_TOL`` of the clock; the sliver it still had is added to its resources' bytes), so bytes
-are conserved.
+Time is advanced lazily: rates are constant between changes, so the groups' clocks are only
+integrated when a change is applied; ``advance_to(t)`` before the next change just moves the
+clock (O(1)). A group also accumulates the bytes it moved and credits them to its resources
+when it empties (so ``Resource.bytes`` and ``busy_time`` are exact whenever no flow crosses
+the resource, and after ``close``). ``busy_time`` counts time with at least one flow past its
+latency and not finished crossing the resource (a paused background flow counts). Float
+residue is settled at completion (a member is done when its time left is below ``_TIME_TOL``
+of the clock; the sliver it still had is credited too), so bytes are conserved.
 
 ``FlowNetwork.isolated_same_path`` / ``isolated_uniform`` are closed forms for an idle
 network whose flows nothing can disturb before they end (the caller guarantees that by
@@ -77,7 +80,7 @@ class Resource:
         self.capacity = float(capacity)
         self.bytes = 0.0             # bytes that crossed this resource
         self.busy_time = 0.0         # time with at least one flow moving bytes through it
-        self._active = 0             # active flows crossing it (per occurrence on a path)
+        self._active = 0             # live flow groups crossing it (per path occurrence)
         self._busy_since = 0.0
 
     def __repr__(self) -> str:
@@ -88,7 +91,7 @@ class Flow:
     """One transfer. ``done_at`` is set (from nan) when its last byte arrives."""
 
     __slots__ = ("size", "path", "latency", "tag", "cap", "priority", "start_at",
-                 "activate_at", "done_at", "rate", "_group", "_vtag")
+                 "activate_at", "done_at", "rate", "_group", "_vtag", "_entry")
 
     def __init__(self, size: float, path: tuple[Resource, ...], latency: float, tag=None,
                  cap: float = _INF, priority: int = 0):
@@ -105,9 +108,10 @@ class Flow:
         self.start_at = math.nan
         self.activate_at = math.nan
         self.done_at = math.nan
-        self.rate = 0.0              # set by max_min_rates only (the network: FlowNetwork.rate)
-        self._group = None           # _Group while active
-        self._vtag = 0.0             # finish tag in its group's virtual clock
+        self._group = None           # _Group while active; then also _vtag (its finish tag in
+        #                              the group's clock) and _entry (its heap entry) are set.
+        #                              ``rate`` is set by max_min_rates only (see
+        #                              FlowNetwork.rate for the network's rate of a flow).
 
     def __repr__(self) -> str:
         return f"Flow({self.size:.6g} B, prio {self.priority}, tag={self.tag!r})"
@@ -174,7 +178,7 @@ class _Group:
     """Active flows of one (path, cap, priority): one rate, one virtual clock."""
 
     __slots__ = ("key", "path", "cap", "prio", "cmin", "V", "heap", "n", "rate", "t_next",
-                 "live")
+                 "live", "moved")
 
     def __init__(self, key, path, cap, prio):
         self.key = key
@@ -187,16 +191,19 @@ class _Group:
                 c = r.capacity
         self.cmin = c                # the path's bottleneck capacity
         self.V = 0.0                 # bytes served to each member (reset when it empties)
-        self.heap: list = []         # (finish tag, seq, flow); stale if flow._group is not self
+        # entries [finish tag, seq, flows, live]: flows activated together with one size share
+        # an entry; live counts those still members (promotion moves a flow out)
+        self.heap: list = []
         self.n = 0                   # members
         self.rate = 0.0              # per member
         self.t_next = _INF           # next member completion at this rate
         self.live = False            # in FlowNetwork._glist (has members)
+        self.moved = 0.0             # bytes over each path resource not yet credited to it
 
     def top(self) -> float:
-        """Smallest live finish tag (pops stale entries of promoted members)."""
+        """Smallest live finish tag (pops entries whose members were all promoted away)."""
         h = self.heap
-        while h[0][2]._group is not self:
+        while not h[0][3]:
             _heappop(h)
         return h[0][0]
 
@@ -207,7 +214,7 @@ class FlowNetwork:
     def __init__(self):
         self.t = 0.0                         # time the state was last advanced to
         self.on_complete: Callable[[Flow], None] | None = None   # accounting hook
-        self._ts = 0.0                       # time the groups/resources were integrated to
+        self._ts = 0.0                       # time the groups were integrated to
         self._next = _INF                    # cached next_change()
         # latency phase: heap of batches [activate_at, seq, path, cap, prio, flows, mixed]
         # (mixed: a member was promoted while pending, so the batch splits on activation)
@@ -267,12 +274,16 @@ class FlowNetwork:
 
     def close(self, now: float) -> None:
         """Settle accounting at the end of the run: advance to ``max(now, t)`` and bring
-        ``bytes`` and ``busy_time`` of resources still carrying flows up to that time."""
+        ``bytes`` and ``busy_time`` of resources still carrying flows up to that time.
+        (May be called again later; nothing is counted twice.)"""
         self.advance_to(max(now, self.t))
         t = self.t
         self._settle(t)
         for g in self._glist:
+            moved = g.moved
+            g.moved = 0.0
             for r in g.path:
+                r.bytes += moved
                 if r._busy_since < t:
                     r.busy_time += t - r._busy_since
                     r._busy_since = t
@@ -296,46 +307,40 @@ class FlowNetwork:
         f0 = flows[0]
         path, cap, prio, lat = f0.path, f0.cap, f0.priority, f0.latency
         act = at + lat
-        same = True
         for f in flows:
             f.start_at = at
-            if f.latency == lat and f.path is path and f.cap == cap and f.priority == prio:
-                f.activate_at = act
-            else:
-                f.activate_at = at + f.latency
-                same = False
-        seq = self._seq + 1
-        if same:
-            batches = [[act, seq, path, cap, prio, list(flows), False]]
-        else:
-            by: dict = {}
-            for f in flows:
-                by.setdefault((f.activate_at, f.path, f.cap, f.priority), []).append(f)
-            batches = []
-            for (a, p, c, pr), fs in by.items():
-                batches.append([a, seq, p, c, pr, fs, False])
-                seq += 1
-        self._seq = seq
-        now = None
+            f.activate_at = act
+            if f.latency != lat or f.path is not path or f.cap != cap or f.priority != prio:
+                break
+        else:                                # one batch (the common case)
+            self._seq += 1
+            b = [act, self._seq, path, cap, prio, list(flows), False]
+            if act > self.t + _EPS:
+                _heappush(self._pend, b)
+                if act < nxt:
+                    self._next = act
+                return
+            self._activate_now([b])
+            return
+        by: dict = {}
+        for f in flows:
+            f.start_at = at
+            f.activate_at = at + f.latency
+            by.setdefault((f.activate_at, f.path, f.cap, f.priority), []).append(f)
+        now = []
         lim = self.t + _EPS
-        for b in batches:
-            if b[0] <= lim:
-                if now is None:
-                    now = []
+        for (a, p, c, pr), fs in by.items():
+            self._seq += 1
+            b = [a, self._seq, p, c, pr, fs, False]
+            if a <= lim:
                 now.append(b)
             else:
                 _heappush(self._pend, b)
-                if b[0] < nxt:
-                    nxt = b[0]
+                if a < nxt:
+                    nxt = a
         self._next = nxt
-        if now is not None:
-            t = self.t if self.t > self._ts else self._ts
-            self._settle(t)
-            done: list[Flow] = []
-            for b in now:
-                self._activate(b, t, done)
-            self._recompute(t)
-            self._report(done)
+        if now:
+            self._activate_now(now)
 
     def promote(self, flows, at: float) -> None:
         """Advance to ``at``; unfinished flows of ``flows`` become priority 0 from then on."""
@@ -356,20 +361,23 @@ class FlowNetwork:
                 self._settle(self.t)
                 moved = True
             rem = f._vtag - g.V              # bytes left, carried into the demand group
+            f._entry[3] -= 1
+            ng = self._group(g.path, g.cap, 0, self._ts)
             g.n -= 1
             if not g.n:
-                self._drop(g)
-            ng = self._group(g.path, g.cap, 0)
+                self._drop(g, self._ts)
             self._seq += 1
-            f._vtag = ng.V + rem
+            f._vtag = vt = ng.V + rem
             f._group = ng
             ng.n += 1
-            _heappush(ng.heap, (f._vtag, self._seq, f))
+            f._entry = e = [vt, self._seq, [f], 1]
+            _heappush(ng.heap, e)
         if moved:
             self._recompute(self._ts)
 
     # ------------------------------------------------------------------ internals
-    def _group(self, path, cap, prio) -> _Group:
+    def _group(self, path, cap, prio, t: float) -> _Group:
+        """The group of (path, cap, prio), made live at ``t`` if it was not."""
         key = (path, cap, prio)
         g = self._groups.get(key)
         if g is None:
@@ -377,19 +385,29 @@ class FlowNetwork:
         if not g.live:
             g.live = True
             self._glist.append(g)
+            for r in path:                   # resources count their live groups
+                if not r._active:
+                    r._busy_since = t
+                r._active += 1
         return g
 
-    def _drop(self, g: _Group) -> None:
-        """``g`` has no members left: out of the active list, clock reset for reuse."""
+    def _drop(self, g: _Group, t: float) -> None:
+        """``g`` has no members left at ``t``: credit its bytes and busy time to its
+        resources, take it out of the active list and reset its clock for reuse."""
+        moved = g.moved
+        for r in g.path:
+            r.bytes += moved
+            r._active -= 1
+            if not r._active:
+                r.busy_time += t - r._busy_since
         g.live = False
-        g.V = 0.0
+        g.V = g.moved = g.rate = 0.0
         g.heap.clear()
-        g.rate = 0.0
         g.t_next = _INF
         self._glist.remove(g)
 
     def _settle(self, t: float) -> None:
-        """Integrate every group and resource from ``_ts`` to ``t`` at the current rates."""
+        """Integrate every group from ``_ts`` to ``t`` at the current rates."""
         dt = t - self._ts
         if dt > 0:
             for g in self._glist:
@@ -397,12 +415,23 @@ class FlowNetwork:
                 if rate > 0:
                     inc = rate * dt
                     g.V += inc
-                    moved = inc * g.n
-                    for r in g.path:
-                        r.bytes += moved
+                    g.moved += inc * g.n
             self._ts = t
         if t > self.t:
             self.t = t
+
+    def _activate_now(self, batches: list) -> None:
+        """Activate ``batches`` at the current time (zero latency), then rates and reports."""
+        t = self.t if self.t > self._ts else self._ts
+        self._settle(t)
+        done: list[Flow] = []
+        for b in batches:
+            self._activate(b, t, done)
+        self._recompute(t)
+        cb = self.on_complete
+        if cb is not None:
+            for f in done:
+                cb(f)
 
     def _activate(self, b: list, t: float, done: list) -> None:
         """Move batch ``b`` from the latency phase into its group(s) at ``t``."""
@@ -420,8 +449,23 @@ class FlowNetwork:
                 f.done_at = t
                 done.append(f)
             return
+        size = flows[0].size
+        for f in flows:
+            if f.size != size:
+                break
+        else:
+            if size > 0:                     # the common case: one size, one heap entry
+                g = self._group(path, cap, b[4], t)
+                vt = g.V + size
+                e = [vt, b[1], flows, len(flows)]
+                for f in flows:
+                    f._vtag = vt
+                    f._group = g
+                    f._entry = e
+                _heappush(g.heap, e)
+                g.n += e[3]
+                return
         g = None
-        k = 0
         seq = self._seq
         for f in flows:
             size = f.size
@@ -430,51 +474,16 @@ class FlowNetwork:
                 done.append(f)
                 continue
             if g is None:
-                g = self._group(path, cap, b[4])
+                g = self._group(path, cap, b[4], t)
                 heap, V = g.heap, g.V
             seq += 1
             vt = V + size
             f._vtag = vt
             f._group = g
-            _heappush(heap, (vt, seq, f))
-            k += 1
+            f._entry = e = [vt, seq, [f], 1]
+            _heappush(heap, e)
+            g.n += 1
         self._seq = seq
-        if k:
-            g.n += k
-            for r in path:
-                if not r._active:
-                    r._busy_since = t
-                r._active += k
-
-    def _complete(self, g: _Group, t: float, tol: float, done: list) -> None:
-        """Finish the members of ``g`` whose time left at ``t`` is below the tolerance."""
-        h, V, path = g.heap, g.V, g.path
-        lim = V + tol * g.rate
-        k = 0
-        while h:
-            vt, _s, f = h[0]
-            if f._group is not g:
-                _heappop(h)
-                continue
-            if vt > lim:
-                break
-            _heappop(h)
-            rem = vt - V                     # float residue: settle it so bytes are conserved
-            if rem:
-                for r in path:
-                    r.bytes += rem
-            f._group = None
-            f.done_at = t
-            done.append(f)
-            k += 1
-        if k:
-            g.n -= k
-            for r in path:
-                r._active -= k
-                if not r._active:
-                    r.busy_time += t - r._busy_since
-            if not g.n:
-                self._drop(g)
 
     def _step(self) -> None:
         """Apply the next change (all activations and completions due at ``_next``)."""
@@ -488,9 +497,7 @@ class FlowNetwork:
                 if rate > 0:
                     inc = rate * dt
                     g.V += inc
-                    moved = inc * g.n
-                    for r in g.path:
-                        r.bytes += moved
+                    g.moved += inc * g.n
             self._ts = t
         else:
             t = ts
@@ -500,21 +507,40 @@ class FlowNetwork:
         tol = _TIME_TOL * (t if t > 1.0 else (-t if t < -1.0 else 1.0))
         if gl:
             due = t + tol
-            hit = [g for g in gl if g.t_next <= due]
-            for g in hit:
-                self._complete(g, t, tol, done)
+            for g in tuple(gl):
+                if g.t_next > due:
+                    continue
+                # finish the members whose time left at t is below the tolerance
+                h, V = g.heap, g.V
+                lim = V + tol * g.rate
+                k = 0
+                while h:
+                    e = h[0]
+                    if not e[3]:             # every member promoted away
+                        _heappop(h)
+                        continue
+                    vt = e[0]
+                    if vt > lim:
+                        break
+                    _heappop(h)
+                    if vt != V:              # float residue: settle it (bytes conserved)
+                        g.moved += (vt - V) * e[3]
+                    for f in e[2]:
+                        if f._group is g:
+                            f._group = None
+                            f.done_at = t
+                            done.append(f)
+                    k += e[3]
+                if k:
+                    g.n -= k
+                    if not g.n:
+                        self._drop(g, t)
         pend = self._pend
         if pend:
             lim = t + _EPS
             while pend and pend[0][0] <= lim:
                 self._activate(_heappop(pend), t, done)
         self._recompute(t)
-        cb = self.on_complete
-        if cb is not None:
-            for f in done:
-                cb(f)
-
-    def _report(self, done: list) -> None:
         cb = self.on_complete
         if cb is not None:
             for f in done:
@@ -529,50 +555,70 @@ class FlowNetwork:
             g = gl[0]                        # alone: its members share the bottleneck
             share = g.cmin / g.n
             rate = g.rate = share if share < g.cap else g.cap
-            tn = g.t_next = t + (g.top() - g.V) / rate
+            h = g.heap
+            while not h[0][3]:
+                _heappop(h)
+            tn = g.t_next = t + (h[0][0] - g.V) / rate
             self._next = tn if tn < nxt else nxt
             return
-        if n:
-            p0 = gl[0].path
-            for g in gl:
-                if g.path is not p0 and g.path != p0:
-                    self._fill_groups()
-                    break
-            else:
-                self._fill_one_path()
-            for g in gl:
-                rate = g.rate
-                if rate > 0:
-                    tn = t + (g.top() - g.V) / rate
-                elif g.top() <= g.V:
-                    tn = t                   # paused, but nothing left (float residue)
-                else:
-                    tn = _INF
-                g.t_next = tn
-                if tn < nxt:
-                    nxt = tn
-        self._next = nxt
-
-    def _fill_one_path(self) -> None:
-        """Every group on one path: the bottleneck is its smallest capacity. Without caps the
-        first class takes it all (shared by its members); else each class in turn
-        water-fills what the classes before it left, caps first."""
-        gl = self._glist
-        avail = gl[0].cmin
-        top, users = None, 0
+        if not n:
+            self._next = nxt
+            return
+        p0 = gl[0].path
+        top, users, mode = None, 0, 0        # mode 0: one path, no caps; 1: one path; 2: any
         for g in gl:
-            if g.cap != _INF:
+            if g.path is not p0 and g.path != p0:
+                mode = 2
                 break
+            if g.cap != _INF:
+                mode = 1
             p = g.prio
             if top is None or p < top:
                 top, users = p, g.n
             elif p == top:
                 users += g.n
-        else:
-            share = avail / users
+        if mode == 0:
+            # the first class takes the whole bottleneck, shared by its members; the others
+            # are paused
+            share = gl[0].cmin / users
             for g in gl:
-                g.rate = share if g.prio == top else 0.0
+                h = g.heap
+                while not h[0][3]:
+                    _heappop(h)
+                if g.prio == top:
+                    g.rate = share
+                    tn = t + (h[0][0] - g.V) / share
+                else:
+                    g.rate = 0.0
+                    tn = t if h[0][0] <= g.V else _INF
+                g.t_next = tn
+                if tn < nxt:
+                    nxt = tn
+            self._next = nxt
             return
+        if mode == 1:
+            self._fill_one_path()
+        else:
+            self._fill_groups()
+        for g in gl:
+            rate = g.rate
+            if rate > 0:
+                tn = t + (g.top() - g.V) / rate
+            elif g.top() <= g.V:
+                tn = t                       # paused, but nothing left (float residue)
+            else:
+                tn = _INF
+            g.t_next = tn
+            if tn < nxt:
+                nxt = tn
+        self._next = nxt
+
+    def _fill_one_path(self) -> None:
+        """Every group on one path, some capped: the bottleneck is the path's smallest
+        capacity; each class in turn water-fills what the classes before it left, caps
+        first. (Without caps, ``_recompute`` gives the first class all of it.)"""
+        gl = self._glist
+        avail = gl[0].cmin
         sat = _SAT * avail if avail != _INF else 0.0     # an empty path has no bottleneck
         for prio in sorted({g.prio for g in gl}):
             cls = [g for g in gl if g.prio == prio]
@@ -653,7 +699,10 @@ class FlowNetwork:
             r.bytes += s.bytes
             r.busy_time += s.busy_time
         self.t = self._ts = end
-        self._report([flows[i] for i in order])
+        cb = self.on_complete
+        if cb is not None:
+            for i in order:
+                cb(flows[i])
         return True
 
     def isolated_same_path(self, path: tuple[Resource, ...], latency: float, sizes: list[float],
