@@ -166,10 +166,17 @@ def main() -> None:
     args = ap.parse_args()
     reps = 2 if args.quick else 5
     old = old_module()
+    t0 = time.process_time()
+    x = 0
+    for i in range(1_000_000):
+        x += i
+    calib = time.process_time() - t0
     print(f"python {sys.version.split()[0]}; old per-flow network: "
-          f"{'git ' + OLD_COMMIT if old else 'unavailable'}")
+          f"{'git ' + OLD_COMMIT if old else 'unavailable'}; machine speed: a 1M-iteration "
+          f"`x += i` loop takes {calib:.3f} s (CPU time)")
 
-    print("\n1. N flows started together, run to completion: µs per transfer")
+    print("\n1. N flows started together, run to completion: µs per transfer "
+          "(includes building the network and resources, which dominates at N=1)")
     print(f"{'N':>5} {'new':>10} {'old':>10} {'reference':>10}")
     for n in CONCURRENCY:
         new = timeit(lambda: batch_new(n), reps) / n * 1e6
