@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import SimulationError
 from ..hardware.system import System
-from .flows import Flow, _LazyShim as FlowNetwork
+from .flows import Flow, FlowNetwork
 from .transfer_log import TransferLog
 
 DEMAND, PREFETCH = 0, 1
