@@ -7,19 +7,15 @@ requests advance one decode token. Per layer: attention, then the router's exper
 up (pinned by placement, else the cache); resident experts run as one grouped kernel while
 missing ones are fetched over the flow network, each running as soon as it arrives.
 
-Lookup semantics. A layer's distinct experts are looked up together at the router decision:
-those resident then (pinned, or in the cache) are hits and update the policy's state; the
-misses are then fetched and inserted in lookup order, so a fetch never evicts an expert the
-same layer found resident before it was used. (libCacheSim's one-request-at-a-time ``get``
-can; tests drive libCacheSim group by group and get the engine's hits exactly.)
+Where experts live and how they move is the memory hierarchy's part (engine/hierarchy.py):
+per layer the loop asks it for the layer's resident experts and the arrival times of the
+others, and times compute around them. The engine never names a policy.
 
-Clock. The executor keeps its own time ``self.t`` and only hands control to SimPy when
-something else could happen first: before it reads the request queue or starts a transfer it
-checks ``env.peek()`` (the next scheduled event); if that lies beyond ``self.t`` nothing can
-interleave, so hits, compute and uncontended fetches advance the clock arithmetically with
-no SimPy event. Otherwise it yields a timeout to ``self.t`` and uses events (contended
-transfers, background prefetches, arrivals). ``engine.fast_path`` is therefore an
-optimisation only: tests run both ways and compare.
+Clock. The executor keeps its own time ``self.t``. It is the only source of transfers, so the
+flow network is advanced lazily to its clock and schedules no SimPy events; the executor
+yields to SimPy only when another process is due first (``env.peek()``), so hits, compute
+and fetches advance time arithmetically. ``fast_path=False`` sends every fetch through the
+fluid network and hands control to SimPy at every layer: tests run both and compare.
 """
 from __future__ import annotations
 
