@@ -281,10 +281,11 @@ def case_child(case: str, parquet: str, sets: list[str]) -> dict:
     sim.observe_lookups(lambda phase, layer, oids: groups.append(tuple(oids)))
     res = sim.run()
     acc, lk, sim_hits = _summary_counts(res.summary)
-    size = float(sim.ctx.object_bytes[0])
+    from simulator.models.spec import get_model
     from simulator.policies.cache.lru import LRU
+    size = float(get_model(tr.meta.model).expert_bytes(loaded.config.model.precision or "bf16"))
     section = dict(loaded.config.cache)
-    cache = LRU(LRU.parse_params(section, key="cache", source="bench"), sim.ctx)
+    cache = LRU(LRU.parse_params(section, key="cache", source="bench"), None)   # ctx unused
     del sim, res
     gc.collect()
     access, insert = cache.access, cache.insert
