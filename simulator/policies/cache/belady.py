@@ -40,6 +40,10 @@ class Belady(CachePolicy):
         super().__init__(params, ctx)
         self._stream = ctx.cache_stream()
         self._nxt = next_use(self._stream)
+        # per-access reads through memoryviews: Python ints without numpy scalar overhead
+        self._stream_at = memoryview(np.ascontiguousarray(self._stream, dtype=np.int64))
+        self._nxt_at = memoryview(self._nxt)
+        self._n = int(self._stream.size)
         self._pos = 0
         self._next: dict[int, int] = {}        # resident oid -> its next use
         self._size: dict[int, float] = {}
@@ -48,10 +52,8 @@ class Belady(CachePolicy):
         self._occ: dict[int, list[int]] | None = None
         self.resyncs = 0
 
-    def _position(self, oid: int) -> int:
-        pos = self._pos
-        if pos < self._stream.size and self._stream[pos] == oid:
-            return pos
+    def _resync(self, oid: int, pos: int) -> int:
+        """The next occurrence of ``oid`` at or after ``pos`` (the run left the stream)."""
         self.resyncs += 1
         if self._occ is None:
             order = np.argsort(self._stream, kind="stable")
@@ -66,13 +68,15 @@ class Belady(CachePolicy):
         return occ[j] if j < len(occ) else -1
 
     def access(self, oid: int) -> bool:
-        i = self._position(oid)
-        if i >= 0:
-            nxt = int(self._nxt[i])
-            if i == self._pos:
-                self._pos += 1
+        pos = self._pos
+        if pos < self._n and self._stream_at[pos] == oid:     # on the stream (the rule)
+            nxt = self._nxt_at[pos]
+            self._pos = pos + 1
         else:
-            nxt = NEVER
+            i = self._resync(oid, pos)
+            nxt = self._nxt_at[i] if i >= 0 else NEVER
+            if i == pos:
+                self._pos = pos + 1
         if oid in self._next:
             self._next[oid] = nxt
             heapq.heappush(self._heap, (-nxt, oid))
