@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 
+_INF = math.inf
+
 import numpy as np
 
 from ..errors import SimulationError
@@ -167,21 +169,30 @@ class MemoryHierarchy:
         staged object is resident for compute, a late one (still in flight) is waited for at
         demand priority, the others are fetched. The prefetcher is asked after the hits are
         decided and before the misses move (its transfers start at ``t`` too)."""
-        if self.net.next_change() <= t:
-            self.net.advance_to(t)
+        net = self.net
+        if net.next_change() <= t:
+            net.advance_to(t)
         pinned, access = self._pinned, self._cache_access
-        inflight, staged = self.inflight, self.staged
-        sizes, home, served = self._sizes, self._home, self.served[phase]
-        res_u = res_a = hit_u = 0
-        rest = []
-        for i, oid in enumerate(oids):
+        res_u = res_a = 0
+        rest = None
+        i = 0
+        for oid in oids:
             c = 1 if counts is None else counts[i]
+            i += 1
             if pinned[oid] or access(oid):
-                hit_u += 1
                 res_u += 1
                 res_a += c
+            elif rest is None:
+                rest = [(oid, c)]
             else:
                 rest.append((oid, c))
+        self.layer_lookups[phase][layer] += i
+        self.layer_hits[phase][layer] += res_u
+        if rest is None:
+            self.prefetch(phase, self._ahead(phase, layer, rows), t)
+            return res_u, res_a, None, None
+        inflight, staged = self.inflight, self.staged
+        sizes, home, served, admit = self._sizes, self._home, self.served[phase], self._admit
         missed, late = [], []
         for oid, c in rest:
             if oid in staged:
@@ -197,12 +208,15 @@ class MemoryHierarchy:
             else:
                 missed.append((oid, c))
             served[home[oid]] += 1
-            self._admit(oid, sizes[oid])
-        self.layer_lookups[phase][layer] += len(oids)
-        self.layer_hits[phase][layer] += hit_u
+            admit(oid, sizes[oid])
         self.prefetch(phase, self._ahead(phase, layer, rows), t)
-        if not missed and not late:
-            return res_u, res_a, None, None
+        if not missed:
+            if not late:
+                return res_u, res_a, None, None
+            flows = [f for _o, _c, f in late]       # only late prefetches: wait for them
+            net.promote(flows, t)
+            net.run_until_done(flows)
+            return res_u, res_a, [f.done_at for f in flows], late
         arrivals = self._fetch_general(phase, missed, late or None, t, True)
         return res_u, res_a, arrivals, missed + late
 
@@ -232,17 +246,21 @@ class MemoryHierarchy:
         and enter the cache on first use."""
         pinned, contains, home, sizes = self._pinned, self.cache.contains, self._home, self._sizes
         inflight, staged, paths = self.inflight, self.staged, self.paths
-        flows = []
+        flows = None
         for oid in oids:
             if pinned[oid] or oid in inflight or oid in staged or contains(oid):
                 continue
             dev = home[oid]
-            f = Flow(sizes[oid], *paths[dev], tag=(oid, dev, phase, PREFETCH), priority=1)
-            flows.append(f)
+            size = sizes[oid]
+            f = Flow(size, *paths[dev], (oid, dev, phase, PREFETCH), _INF, 1)
+            if flows is None:
+                flows = [f]
+            else:
+                flows.append(f)
             inflight[oid] = f
             self.pf_issued += 1
-            self.pf_bytes[phase] += f.size
-        if flows:
+            self.pf_bytes[phase] += size
+        if flows is not None:
             self.net.start(flows, t)
 
     def _fetch_uniform(self, phase, missed, dev: int, size: float, t: float):
