@@ -16,7 +16,7 @@ column (the run's, the same on every row, so tables of several runs can be conca
 told apart), and each Parquet file has the config in its schema metadata, under the keys
 ``moesim.config_hash`` and ``moesim.config`` (the resolved config as JSON, serialised as for
 the hash: :func:`read_config_metadata` reads it back). The transfers table is written from
-the engine's transfer log in row groups of :data:`TRANSFER_ROWS` rows with pyarrow, never as
+the engine's transfer log in row groups of :data:`ROW_GROUP_ROWS` rows with pyarrow, never as
 one pandas frame, so writing it costs about one row group of memory.
 
 A results folder is whole or absent (:func:`write_folder_atomically`): it is written into a
@@ -90,7 +90,7 @@ def config_columns(loaded: LoadedConfig) -> dict[str, Any]:
 
 CONFIG_HASH_KEY = b"moesim.config_hash"
 CONFIG_KEY = b"moesim.config"
-TRANSFER_ROWS = 1 << 18          # rows per row group (and per in-memory piece) of transfers
+ROW_GROUP_ROWS = 1 << 16         # rows per Parquet row group (and in-memory piece of transfers)
 
 
 def config_metadata(loaded: LoadedConfig) -> dict[bytes, bytes]:
@@ -136,10 +136,11 @@ def write_table_parquet(src, path: Path, loaded: LoadedConfig) -> None:
         schema = _add_metadata(src.arrow_schema().append(pa.field("config_hash", pa.string())),
                                meta)
         with pq.ParquetWriter(str(path), schema) as w:
-            for batch in src.record_batches(TRANSFER_ROWS):
+            for batch in src.record_batches(ROW_GROUP_ROWS):
                 cols = batch.columns + [_hash_column(h, batch.num_rows)]
                 w.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema))
                 del batch, cols
+        pa.default_memory_pool().release_unused()
         return
     if isinstance(src, LazyTable) and hasattr(src, "to_arrow"):
         tab = src.to_arrow()
@@ -148,7 +149,10 @@ def write_table_parquet(src, path: Path, loaded: LoadedConfig) -> None:
     else:
         tab = pa.Table.from_pandas(_with_hash(_frame(src), h), preserve_index=False)
     pq.write_table(tab.replace_schema_metadata(_add_metadata(tab.schema, meta).metadata),
-                   str(path))
+                   str(path), row_group_size=ROW_GROUP_ROWS)
+    del tab
+    # the Parquet encoder's buffers stay in Arrow's pool otherwise (~70 MB for 160k steps)
+    pa.default_memory_pool().release_unused()
 
 
 def _frame(src):
