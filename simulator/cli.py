@@ -117,7 +117,6 @@ def format_summary(s: dict, *, title: str, notes: list[str] = ()) -> str:
 def cmd_run(a) -> int:
     from . import load_config
     from .engine.simulation import Simulation
-    from .results.writer import write_results
     sets = list(a.set or [])
     if a.trace:
         sets.append(f"trace={Path(a.trace).resolve()}")
@@ -133,6 +132,7 @@ def cmd_run(a) -> int:
              unit="tok", quiet=quiet) as pb:
         result = sim.run(progress=pb if enabled(quiet) else None)
     wall = time.perf_counter() - t0
+    from .results.writer import write_results    # pandas/pyarrow writing: after the run
     write_results(result, loaded, out, extra={"wall_s": wall, "trace": str(sim.trace.path),
                                                "model": sim.model.name, "precision": sim.precision})
     if a.json:

@@ -17,6 +17,7 @@ import yaml
 from simulator.cli import build_parser, main
 from simulator.metrics.definitions import definition_of
 from simulator.resources import default_config_path, default_trace_path
+from simulator.results.writer import read_config_metadata
 
 from conftest import assert_one_line_error, run_cli
 
@@ -194,7 +195,13 @@ def test_run_default_writes_documented_results(tmp_path, capsys):
     assert cfg["cache"]["capacity_gb"] == 12
     req = pd.read_parquet(out_dir / "requests.parquet")
     assert len(req) == summary["requests"]
-    assert (req["cfg.cache.capacity_gb"] == 12).all() and req["config_hash"].nunique() == 1
+    # the config once per table: the hash on every row, the config in the Parquet metadata;
+    # summary.csv alone has the cfg.* columns
+    assert not [c for c in req.columns if c.startswith("cfg.")]
+    assert req["config_hash"].nunique() == 1
+    h, meta_cfg = read_config_metadata(out_dir / "requests.parquet")
+    assert meta_cfg["cache"]["capacity_gb"] == 12 and req["config_hash"].iloc[0] == h
+    assert (pd.read_csv(out_dir / "summary.csv")["cfg.cache.capacity_gb"] == 12).all()
     tx = pd.read_parquet(out_dir / "transfers.parquet")
     assert tx["bytes"].sum() == pytest.approx(summary["bytes.fetched.prefill"] + summary["bytes.fetched.decode"])
     hw = yaml.safe_load((out_dir / "hardware.yaml").read_text())

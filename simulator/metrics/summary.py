@@ -6,27 +6,206 @@ times rather than per access on the hot path. Every summary key is documented in
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
-import pandas as pd
 
 from ..traces.schema import PHASE_NAMES
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
     from ..engine.simulation import Simulation
+    from ..engine.transfer_log import TransferLog
+
+# pandas and pyarrow are imported where a table is built, not here: a run simulates without
+# them, and ``moesim run`` writes the transfers table from the log's arrays with pyarrow alone.
+
+PURPOSE_NAMES = ("demand", "prefetch")
+STEP_COLUMNS = ("iteration", "phase", "start_s", "end_s", "tokens", "cache_bytes")
+TRANSFER_COLUMNS = ("start_s", "end_s", "bytes", "src_device", "object_id", "phase", "purpose",
+                    "layer", "expert")
 
 
-@dataclass
+class LazyTable:
+    """A results table kept in the engine's form until asked for: ``to_pandas()`` builds the
+    DataFrame (RunResult does that on first attribute access)."""
+
+    def to_pandas(self) -> "pd.DataFrame":
+        raise NotImplementedError
+
+
+class FrameBuilder(LazyTable):
+    """A table built by a function (small tables: requests, layers)."""
+
+    def __init__(self, build: Callable[[], "pd.DataFrame"]):
+        self._build = build
+
+    def to_pandas(self) -> "pd.DataFrame":
+        return self._build()
+
+
+class StepsTable(LazyTable):
+    """One row per iteration, from the engine's list of (iteration, phase, start_s, end_s,
+    tokens, cache_bytes) tuples. ``cache_bytes``: expert-cache occupancy when the iteration
+    ended."""
+
+    def __init__(self, steps: list[tuple]):
+        self._steps = steps
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def _columns(self) -> dict[str, np.ndarray]:
+        if not self._steps:
+            return {"iteration": np.zeros(0, np.int64), "phase": np.zeros(0, object),
+                    "start_s": np.zeros(0), "end_s": np.zeros(0),
+                    "tokens": np.zeros(0, np.int64), "cache_bytes": np.zeros(0)}
+        cols = {name: np.asarray(col) for name, col in zip(STEP_COLUMNS, zip(*self._steps))}
+        cols["phase"] = np.asarray(PHASE_NAMES, dtype=object)[cols["phase"].astype(np.intp)]
+        return cols
+
+    def to_pandas(self) -> "pd.DataFrame":
+        import pandas as pd
+        steps = pd.DataFrame(self._steps, columns=list(STEP_COLUMNS))
+        if len(steps):
+            steps["phase"] = steps["phase"].map(dict(enumerate(PHASE_NAMES)))
+        return steps
+
+    def to_arrow(self) -> "pa.Table":
+        import pyarrow as pa
+        cols = self._columns()
+        arrays = [pa.array(cols[n], type=pa.string()) if n == "phase" else pa.array(cols[n])
+                  for n in STEP_COLUMNS]
+        return pa.Table.from_arrays(arrays, names=list(STEP_COLUMNS))
+
+
+class TransfersTable(LazyTable):
+    """One row per transfer, kept as the engine's :class:`TransferLog` (typed per-batch
+    buffers and one object id per transfer). Columns: start_s, end_s, bytes, src_device,
+    object_id, phase, purpose (the last three categorical), layer and expert (from the
+    object id)."""
+
+    def __init__(self, log: "TransferLog", device_names: list[str], num_experts: int,
+                 slices_per_expert: int):
+        self._log = log
+        self.device_names = list(device_names)
+        self._E, self._S = int(num_experts), int(slices_per_expert)
+
+    def __len__(self) -> int:
+        return len(self._log)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the expanded table's columns (1-byte category codes)."""
+        return len(self) * (8 * 3 + 1 + 8 + 1 + 1 + 8 + 8)
+
+    def _derived(self, oid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        E, S = self._E, self._S
+        return oid // (E * S), (oid // S) % E
+
+    def to_pandas(self) -> "pd.DataFrame":
+        import pandas as pd
+        rows = self._log.rows()
+        transfers = pd.DataFrame({
+            "start_s": rows["start_s"],
+            "end_s": rows["end_s"],
+            "bytes": rows["bytes"],
+            "src_device": pd.Categorical.from_codes(rows["src"], categories=self.device_names),
+            "object_id": rows["object_id"],
+            "phase": pd.Categorical.from_codes(rows["phase"], categories=list(PHASE_NAMES)),
+            "purpose": pd.Categorical.from_codes(rows["purpose"], categories=list(PURPOSE_NAMES)),
+        }, copy=False)
+        transfers["layer"], transfers["expert"] = self._derived(rows["object_id"])
+        return transfers
+
+    def arrow_schema(self) -> "pa.Schema":
+        import pyarrow as pa
+        cat = pa.dictionary(self._code_type(), pa.string())
+        return pa.schema([("start_s", pa.float64()), ("end_s", pa.float64()),
+                          ("bytes", pa.float64()), ("src_device", cat),
+                          ("object_id", pa.int64()), ("phase", pa.dictionary(pa.int8(), pa.string())),
+                          ("purpose", pa.dictionary(pa.int8(), pa.string())),
+                          ("layer", pa.int64()), ("expert", pa.int64())])
+
+    def _code_type(self):
+        import pyarrow as pa
+        return pa.int8() if len(self.device_names) < 128 else pa.int32()
+
+    def record_batches(self, rows: int = 1 << 18) -> Iterator["pa.RecordBatch"]:
+        """The table as Arrow record batches of about ``rows`` rows, expanded from the log
+        one batch at a time (memory: one batch, not the table)."""
+        import pyarrow as pa
+        schema = self.arrow_schema()
+        code = np.int8 if pa.types.is_int8(self._code_type()) else np.int32
+        dicts = {"src_device": pa.array(self.device_names, type=pa.string()),
+                 "phase": pa.array(list(PHASE_NAMES), type=pa.string()),
+                 "purpose": pa.array(list(PURPOSE_NAMES), type=pa.string())}
+        for piece in self._log.chunks(rows):
+            oid = piece["object_id"]
+            layer, expert = self._derived(oid)
+            cats = {"src_device": piece["src"].astype(code), "phase": piece["phase"],
+                    "purpose": piece["purpose"]}
+            arrays = [pa.array(piece["start_s"]), pa.array(piece["end_s"]),
+                      pa.array(piece["bytes"])]
+            arrays.append(pa.DictionaryArray.from_arrays(pa.array(cats["src_device"]),
+                                                         dicts["src_device"]))
+            arrays.append(pa.array(oid))
+            for name in ("phase", "purpose"):
+                arrays.append(pa.DictionaryArray.from_arrays(pa.array(cats[name]), dicts[name]))
+            arrays += [pa.array(layer), pa.array(expert)]
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+_TABLES = ("requests", "steps", "transfers", "layers")
+
+
+def _table_property(name: str) -> property:
+    def get(self: "RunResult") -> "pd.DataFrame":
+        frame = self._frames.get(name)
+        if frame is None:
+            src = self._sources[name]
+            frame = src.to_pandas() if isinstance(src, LazyTable) else src
+            self._frames[name] = frame
+        return frame
+
+    def put(self: "RunResult", value) -> None:
+        self._sources[name] = value
+        self._frames.pop(name, None)
+
+    return property(get, put, doc=f"The {name} table as a pandas DataFrame (built on first "
+                                  "access, then kept).")
+
+
 class RunResult:
-    summary: dict[str, float]
-    requests: pd.DataFrame
-    steps: pd.DataFrame
-    transfers: pd.DataFrame
-    layers: pd.DataFrame
-    hardware: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    """A run's summary (flat {metric: number}), tables, hardware description and notes.
+
+    ``requests``, ``steps``, ``transfers`` and ``layers`` are pandas DataFrames, built on
+    first attribute access from the engine's records (a run with the events on holds millions
+    of transfers; the results writer streams them from :meth:`table_source` instead)."""
+
+    requests = _table_property("requests")
+    steps = _table_property("steps")
+    transfers = _table_property("transfers")
+    layers = _table_property("layers")
+
+    def __init__(self, summary: dict[str, float], requests, steps, transfers, layers,
+                 hardware: dict[str, Any] | None = None, notes: list[str] | None = None):
+        self.summary = summary
+        self._sources: dict[str, Any] = {"requests": requests, "steps": steps,
+                                         "transfers": transfers, "layers": layers}
+        self._frames: dict[str, Any] = {}
+        self.hardware = {} if hardware is None else hardware
+        self.notes = [] if notes is None else notes
+
+    def table_source(self, name: str):
+        """The table as given: a :class:`LazyTable` (not yet a DataFrame) or a DataFrame."""
+        return self._sources[name]
+
+    def __repr__(self) -> str:
+        return (f"RunResult({len(self.summary)} summary metrics, tables "
+                f"{', '.join(_TABLES)}, {len(self.notes)} notes)")
 
 
 def _stats(prefix: str, values, out: dict) -> None:
@@ -37,6 +216,11 @@ def _stats(prefix: str, values, out: dict) -> None:
     out[f"{prefix}.mean"] = float(arr.mean())
     out[f"{prefix}.p50"] = float(np.percentile(arr, 50))
     out[f"{prefix}.p99"] = float(np.percentile(arr, 99))
+
+
+def _frame(data) -> "pd.DataFrame":
+    import pandas as pd
+    return pd.DataFrame(data)
 
 
 def collect(sim: "Simulation") -> RunResult:
@@ -200,34 +384,20 @@ def collect(sim: "Simulation") -> RunResult:
             s[f"load_balance_cv.{tier}"] = float(b.std() / b.mean()) if b.mean() > 0 else float("nan")
 
     # ------------------------------------------------------------ tables
-    requests = pd.DataFrame(req_rows)
-    # cache_bytes: expert-cache occupancy when the iteration ended
-    steps = pd.DataFrame(sim.steps, columns=["iteration", "phase", "start_s", "end_s", "tokens",
-                                             "cache_bytes"])
-    if len(steps):
-        steps["phase"] = steps["phase"].map(dict(enumerate(PHASE_NAMES)))
-    names = [d.name for d in devs]
-    rows = h.transfers.rows()
-    transfers = pd.DataFrame({
-        "start_s": rows["start_s"],
-        "end_s": rows["end_s"],
-        "bytes": rows["bytes"],
-        "src_device": pd.Categorical.from_codes(rows["src"], categories=names),
-        "object_id": rows["object_id"],
-        "phase": pd.Categorical.from_codes(rows["phase"], categories=list(PHASE_NAMES)),
-        "purpose": pd.Categorical.from_codes(rows["purpose"], categories=["demand", "prefetch"]),
-    }, copy=False)
-    E, S = sim.ctx.num_experts, sim.ctx.slices_per_expert
-    if len(transfers):
-        transfers["layer"] = transfers["object_id"] // (E * S)
-        transfers["expert"] = (transfers["object_id"] // S) % E
+    # Built on first use (RunResult): the engine's records are kept as they are.
+    requests = FrameBuilder(lambda: _frame(req_rows))
+    steps = StepsTable(sim.steps)
+    transfers = TransfersTable(h.transfers, [d.name for d in devs], sim.ctx.num_experts,
+                               sim.ctx.slices_per_expert)
     L = sim.ctx.num_layers
-    layers = pd.DataFrame({
+    layer_lookups = np.asarray(h.layer_lookups, dtype=np.int64).ravel()
+    layer_hits = np.asarray(h.layer_hits, dtype=np.int64).ravel()
+    layers = FrameBuilder(lambda: _frame({
         "layer": np.tile(np.arange(L), 2),
         "phase": np.repeat(list(PHASE_NAMES), L),
-        "lookups": np.asarray(h.layer_lookups, dtype=np.int64).ravel(),
-        "hits": np.asarray(h.layer_hits, dtype=np.int64).ravel(),
-    })
+        "lookups": layer_lookups,
+        "hits": layer_hits,
+    }))
     notes = []
     if s["local.headroom_bytes"] < 0:
         notes.append(f"local memory over-committed by {-s['local.headroom_bytes'] / 1e9:.3g} GB "

@@ -1,14 +1,23 @@
 """The results folder of a run (the contract scripts and sweeps rely on).
 
     DIR/summary.json      flat {metric name: number}; names and units in metrics/definitions.py
-    DIR/summary.csv       the same as one row, plus the flattened config and config_hash
-    DIR/requests.parquet  one row per request (+ .csv), carrying config columns
+    DIR/summary.csv       the same as one row, plus the flattened config (``cfg.*`` columns)
+                          and config_hash
+    DIR/requests.parquet  one row per request (+ .csv)
     DIR/layers.csv        lookups and hits per (phase, layer)
     DIR/steps.parquet     one row per iteration       (output.events: true)
     DIR/transfers.parquet one row per transfer        (output.events: true)
     DIR/config.yaml       the resolved config (after --set), DIR/hardware.yaml every device
                           value with its source, DIR/run.json name, hash, versions, notes and
                           the list of files (written last: the folder's completion marker)
+
+The tables other than summary.csv carry the config once, not per row: a ``config_hash``
+column (the run's, the same on every row, so tables of several runs can be concatenated and
+told apart), and each Parquet file has the config in its schema metadata, under the keys
+``moesim.config_hash`` and ``moesim.config`` (the resolved config as JSON, serialised as for
+the hash: :func:`read_config_metadata` reads it back). The transfers table is written from
+the engine's transfer log in row groups of :data:`ROW_GROUP_ROWS` rows with pyarrow, never as
+one pandas frame, so writing it costs about one row group of memory.
 
 A results folder is whole or absent (:func:`write_folder_atomically`): it is written into a
 hidden sibling ``.DIR.partial-<pid>`` and swapped into place, so DIR is always absent, the
@@ -40,12 +49,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
 import yaml
 
 from ..config.load import LoadedConfig
 from ..errors import ConfigError, MoesimError
-from ..metrics.summary import RunResult
+from ..metrics.summary import LazyTable, RunResult
 from ..serialize import pid_alive, to_plain
 
 MARKER = "run.json"
@@ -73,16 +81,82 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_columns(loaded: LoadedConfig) -> dict[str, Any]:
+    """summary.csv's config columns: ``cfg.<flattened key>`` for every config value, and
+    config_hash."""
     cols = {f"cfg.{k}": v for k, v in flatten(loaded.raw).items()}
     cols["config_hash"] = loaded.config_hash
     return cols
 
 
-def _with_config(df: pd.DataFrame, cols: dict[str, Any]) -> pd.DataFrame:
+CONFIG_HASH_KEY = b"moesim.config_hash"
+CONFIG_KEY = b"moesim.config"
+ROW_GROUP_ROWS = 1 << 16         # rows per Parquet row group (and in-memory piece of transfers)
+
+
+def config_metadata(loaded: LoadedConfig) -> dict[bytes, bytes]:
+    """The Parquet schema metadata every results table carries: the config hash and the
+    resolved config as JSON (the serialisation the hash is computed from, keys in order)."""
+    return {CONFIG_HASH_KEY: loaded.config_hash.encode(),
+            CONFIG_KEY: json.dumps(loaded.raw, default=str).encode()}
+
+
+def read_config_metadata(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(config_hash, resolved config) from a results Parquet file's schema metadata."""
+    import pyarrow.parquet as pq
+    meta = pq.read_schema(str(path)).metadata or {}
+    if CONFIG_HASH_KEY not in meta or CONFIG_KEY not in meta:
+        raise MoesimError(f"{path}: no moesim.config metadata (not a moesim results table, "
+                          "or written by an older version: see the folder's config.yaml)")
+    return meta[CONFIG_HASH_KEY].decode(), json.loads(meta[CONFIG_KEY])
+
+
+def _with_hash(df, config_hash: str):
+    """A small table with the config_hash column appended (a copy)."""
     df = df.copy()
-    for k, v in cols.items():
-        df[k] = v if v is None or isinstance(v, (int, float, str, bool)) else str(v)
+    df["config_hash"] = config_hash
     return df
+
+
+def _hash_column(config_hash: str, n: int):
+    import pyarrow as pa
+    return pa.repeat(pa.scalar(config_hash, type=pa.string()), n)
+
+
+def _add_metadata(schema, meta: dict[bytes, bytes]):
+    return schema.with_metadata({**(schema.metadata or {}), **meta})
+
+
+def write_table_parquet(src, path: Path, loaded: LoadedConfig) -> None:
+    """A table (DataFrame or LazyTable) as Parquet with config_hash and the config metadata.
+    A source with ``record_batches()`` (the transfers) is streamed row group by row group."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    h, meta = loaded.config_hash, config_metadata(loaded)
+    if isinstance(src, LazyTable) and hasattr(src, "record_batches"):
+        schema = _add_metadata(src.arrow_schema().append(pa.field("config_hash", pa.string())),
+                               meta)
+        with pq.ParquetWriter(str(path), schema) as w:
+            for batch in src.record_batches(ROW_GROUP_ROWS):
+                cols = batch.columns + [_hash_column(h, batch.num_rows)]
+                w.write_batch(pa.RecordBatch.from_arrays(cols, schema=schema))
+                del batch, cols
+        pa.default_memory_pool().release_unused()
+        return
+    if isinstance(src, LazyTable) and hasattr(src, "to_arrow"):
+        tab = src.to_arrow()
+        tab = tab.append_column(pa.field("config_hash", pa.string()),
+                                _hash_column(h, tab.num_rows))
+    else:
+        tab = pa.Table.from_pandas(_with_hash(_frame(src), h), preserve_index=False)
+    pq.write_table(tab.replace_schema_metadata(_add_metadata(tab.schema, meta).metadata),
+                   str(path), row_group_size=ROW_GROUP_ROWS)
+    del tab
+    # the Parquet encoder's buffers stay in Arrow's pool otherwise (~70 MB for 160k steps)
+    pa.default_memory_pool().release_unused()
+
+
+def _frame(src):
+    return src.to_pandas() if isinstance(src, LazyTable) else src
 
 
 # ---------------------------------------------------------------------------- whole or absent
@@ -209,21 +283,24 @@ def write_folder_atomically(path: str | os.PathLike, write_fn: Callable[[Path], 
 def _files(result: RunResult, loaded: LoadedConfig, extra: dict[str, Any] | None,
            ) -> list[tuple[str, Callable[[Path], Any]]]:
     """(file name, writer) in writing order; run.json (the marker) comes last."""
+    import pandas as pd
     cols = config_columns(loaded)
+    h = loaded.config_hash
     summary = to_plain(result.summary)
     row = pd.DataFrame([{**result.summary, **cols}])
-    req = _with_config(result.requests, cols)
+    req = _frame(result.table_source("requests"))
     files: list[tuple[str, Callable[[Path], Any]]] = [
         ("summary.json", lambda p: p.write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")),
         ("summary.csv", lambda p: row.to_csv(p, index=False)),
-        ("requests.parquet", lambda p: req.to_parquet(p, index=False)),
-        ("requests.csv", lambda p: req.to_csv(p, index=False)),
-        ("layers.csv", lambda p: _with_config(result.layers, cols).to_csv(p, index=False)),
+        ("requests.parquet", lambda p: write_table_parquet(req, p, loaded)),
+        ("requests.csv", lambda p: _with_hash(req, h).to_csv(p, index=False)),
+        ("layers.csv", lambda p: _with_hash(_frame(result.table_source("layers")), h)
+         .to_csv(p, index=False)),
     ]
     if loaded.config.output.events:
-        for name, df in (("steps", result.steps), ("transfers", result.transfers)):
-            tab = _with_config(df, cols)
-            files.append((f"{name}.parquet", lambda p, tab=tab: tab.to_parquet(p, index=False)))
+        for name in ("steps", "transfers"):
+            files.append((f"{name}.parquet", lambda p, name=name: write_table_parquet(
+                result.table_source(name), p, loaded)))
     files.append(("config.yaml", lambda p: p.write_text(yaml.safe_dump(loaded.raw, sort_keys=False))))
     files.append(("hardware.yaml", lambda p: p.write_text(
         yaml.safe_dump(result.hardware, sort_keys=False, width=110))))

@@ -10,9 +10,14 @@ Trace metadata (model, num_layers, num_experts, top_k, source, expert_order, not
 ids and optional arrival times) is JSON under the key ``moesim.trace`` of the file's key-value
 metadata. Reading goes row group by row group into preallocated dense arrays, so peak memory
 stays near the size of the in-memory trace.
+
+Reading uses pyarrow.parquet only: column data reaches numpy through the Arrow buffers
+(:func:`_np`), not ``Array.to_numpy``/``flatten``, which import pandas and pyarrow.compute
+(about 0.5 s of start-up that ``moesim run`` does not need). Errors may take slower paths.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -25,7 +30,39 @@ from ..errors import TraceError
 from .schema import (DECODE, METADATA_KEY, PHASE_NAMES, PREFILL, Trace, TraceMeta,
                      decode_nonfinite, expert_dtype, meta_bytes)
 
-_PHASE_DICT = pa.array(list(PHASE_NAMES), type=pa.string())
+
+
+@functools.lru_cache(maxsize=None)
+def _phase_dict() -> pa.Array:
+    # built on first write: pa.array imports pandas, which reading a trace never needs
+    return pa.array(list(PHASE_NAMES), type=pa.string())
+
+
+def _np(arr: pa.Array) -> np.ndarray:
+    """A fixed-width Arrow array without nulls as a numpy array (a view where possible).
+
+    Reads the data buffer directly: ``Array.to_numpy`` would import pandas (and
+    pyarrow.compute) on first use. Booleans are bit-packed and are unpacked."""
+    n, off = len(arr), arr.offset
+    buf = arr.buffers()[1]
+    if pa.types.is_boolean(arr.type):
+        if buf is None or n == 0:
+            return np.zeros(n, dtype=bool)
+        bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
+        return bits[off:off + n].astype(bool)
+    dt = np.dtype(arr.type.to_pandas_dtype())
+    if buf is None or n == 0:
+        return np.zeros(n, dtype=dt)
+    return np.frombuffer(buf, dtype=dt, count=off + n)[off:]
+
+
+def _list_values(arr: pa.Array) -> pa.Array:
+    """The child values of a list array's rows (what ``flatten`` returns, for fixed-size
+    lists without importing pyarrow.compute)."""
+    if pa.types.is_fixed_size_list(arr.type):
+        w = arr.type.list_size
+        return arr.values.slice(arr.offset * w, len(arr) * w)
+    return arr.flatten()
 
 
 def _arrow_schema(meta: TraceMeta, has_scores: bool, probs_dtype, has_imputed: bool,
@@ -58,7 +95,7 @@ def _token_block_table(schema: pa.Schema, meta: TraceMeta, request_id, token, ph
         "request_id": pa.array(rep(np.asarray(request_id, np.int64), L)),
         "token": pa.array(rep(np.asarray(token, np.int32), L)),
         "phase": pa.DictionaryArray.from_arrays(pa.array(rep(np.asarray(phase, np.int8), L)),
-                                                _PHASE_DICT),
+                                                _phase_dict()),
         "layer": pa.array(np.tile(np.arange(L, dtype=np.int16), T)),
         "experts": pa.FixedSizeListArray.from_arrays(
             pa.array(np.ascontiguousarray(experts, dtype=expert_dtype(E)).reshape(-1)), k),
@@ -287,7 +324,7 @@ def _fill_block(tab: pa.Table, src: str, row0: int, L: int, k: int, E: int, laye
                     raise TraceError(f"expert id {flat[i]} is not an integer ({msg})",
                                      source=src, row=row0 + i // kk, field=f"experts[{i % kk}]")
             raise TraceError(msg, source=src, field=name)
-        inner = col_np(name).flatten()
+        inner = _list_values(col_np(name))
         if inner.null_count:
             i = int(np.flatnonzero(np.asarray(inner.is_null()))[0])
             width = tp.list_size if pa.types.is_fixed_size_list(tp) else max(1, k)
@@ -297,18 +334,18 @@ def _fill_block(tab: pa.Table, src: str, row0: int, L: int, k: int, E: int, laye
         raise TraceError(f"must be a boolean column, got {tab.schema.field('imputed').type}",
                          source=src, field="imputed")
 
-    layer = col_np("layer").to_numpy(zero_copy_only=False).reshape(T, L)
+    layer = _np(col_np("layer")).reshape(T, L)
     if not (layer == layer_pattern).all():
         t, l_ = np.argwhere(layer != layer_pattern)[0]
         raise TraceError(f"expected layer {l_}, found layer {int(layer[t, l_])} "
                          f"(a layer is missing or rows are out of order)",
                          source=src, row=row0 + int(t) * L + int(l_), field="layer")
-    rid = col_np("request_id").to_numpy(zero_copy_only=False).reshape(T, L)
-    tok = col_np("token").to_numpy(zero_copy_only=False).reshape(T, L)
+    rid = _np(col_np("request_id")).reshape(T, L)
+    tok = _np(col_np("token")).reshape(T, L)
     ph_arr = col_np("phase")
     if pa.types.is_dictionary(ph_arr.type):
         dict_vals = ph_arr.dictionary.to_pylist()
-        codes = np.asarray(ph_arr.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        codes = np.asarray(_np(ph_arr.indices), dtype=np.int64)
         lut = np.array([PHASE_NAMES.index(v) if v in PHASE_NAMES else -1 for v in dict_vals],
                        dtype=np.int8)
         ph = lut[codes]
@@ -333,7 +370,7 @@ def _fill_block(tab: pa.Table, src: str, row0: int, L: int, k: int, E: int, laye
     if not pa.types.is_fixed_size_list(ex.type) or ex.type.list_size != k:
         raise TraceError(f"expected a fixed-size list of top_k={k} ids, got {ex.type}",
                          source=src, field="experts")
-    ex_vals = ex.flatten().to_numpy(zero_copy_only=False)
+    ex_vals = _np(_list_values(ex))
     bad = (ex_vals >= E) | (ex_vals < 0) if ex_vals.dtype.kind == "i" else (ex_vals >= E)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -347,15 +384,15 @@ def _fill_block(tab: pa.Table, src: str, row0: int, L: int, k: int, E: int, laye
         if not pa.types.is_fixed_size_list(sc.type) or sc.type.list_size != k:
             raise TraceError(f"expected a fixed-size list of {k} floats, got {sc.type}",
                              source=src, field="scores")
-        scores[:] = sc.flatten().to_numpy(zero_copy_only=False).reshape(T, L, k)
+        scores[:] = _np(_list_values(sc)).reshape(T, L, k)
     if probs is not None:
         pr = col_np("router_probs")
         if not pa.types.is_fixed_size_list(pr.type) or pr.type.list_size != E:
             raise TraceError(f"expected a fixed-size list of num_experts={E} floats, got {pr.type}",
                              source=src, field="router_probs")
-        probs[:] = pr.flatten().to_numpy(zero_copy_only=False).reshape(T, L, E)
+        probs[:] = _np(_list_values(pr)).reshape(T, L, E)
     if imputed is not None:
-        imputed[:] = col_np("imputed").to_numpy(zero_copy_only=False).reshape(T, L)
+        imputed[:] = _np(col_np("imputed")).reshape(T, L)
 
 
 def _locate_missing_layer(pf: pq.ParquetFile, src: str, L: int) -> None:
