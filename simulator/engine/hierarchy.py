@@ -66,6 +66,7 @@ class MemoryHierarchy:
         self.staged_bytes = self.pf_peak_buffer = 0.0
         self.pf_issued = self.pf_useful = self.pf_late = 0
         self.pf_bytes = [0.0, 0.0]
+        self.prefetcher = prefetcher
         self._ahead = prefetcher.on_layer_start if prefetcher is not None else None
         self.access = self._access_prefetching if prefetcher is not None else self._access
         self._refresh()
@@ -120,6 +121,11 @@ class MemoryHierarchy:
         self._refresh()
 
     def initialize(self, warm: list[int]) -> None:
+        """Start of the run (after warm-up filled the cache): bind the hot-path references
+        again, so policies wrapped after construction (tests, tools) are the ones called."""
+        self._refresh()
+        if self.prefetcher is not None:
+            self._ahead = self.prefetcher.on_layer_start
         self.peak_cache_bytes = self.cache.used_bytes
 
     # ------------------------------------------------------------------ lookups
