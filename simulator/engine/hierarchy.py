@@ -137,6 +137,28 @@ class MemoryHierarchy:
     def hits(self) -> list[int]:
         return [sum(x) for x in self.layer_hits]
 
+    def _hits(self, phase: int, layer: int, oids, counts):
+        """Decide a lookup group's hits (pinned, or found by the cache policy, which updates
+        its state) before anything enters the cache. Returns (hits, their token assignments,
+        the others as [(oid, count)] in lookup order or None)."""
+        pinned, access = self._pinned, self._cache_access
+        hit_u = hit_a = 0
+        rest = None
+        i = 0
+        for oid in oids:
+            c = 1 if counts is None else counts[i]
+            i += 1
+            if pinned[oid] or access(oid):
+                hit_u += 1
+                hit_a += c
+            elif rest is None:
+                rest = [(oid, c)]
+            else:
+                rest.append((oid, c))
+        self.layer_lookups[phase][layer] += i
+        self.layer_hits[phase][layer] += hit_u
+        return hit_u, hit_a, rest
+
     def _access(self, phase: int, layer: int, oids, counts, t: float, rows=None):
         """Look up a layer's distinct objects at ``t`` (token counts per object, or None = 1
         each) and fetch the misses. Returns (resident objects, their token assignments,
@@ -145,22 +167,7 @@ class MemoryHierarchy:
         aligned with ``items``. Hits update the cache policy's state; misses then enter the
         cache in lookup order, so a fetch never evicts an expert the same layer found
         resident (libCacheSim's one-at-a-time ``get`` can)."""
-        pinned, access = self._pinned, self._cache_access
-        hit_u = hit_a = 0
-        missed = None
-        i = 0
-        for oid in oids:
-            c = 1 if counts is None else counts[i]
-            i += 1
-            if pinned[oid] or access(oid):
-                hit_u += 1
-                hit_a += c
-            elif missed is None:
-                missed = [(oid, c)]
-            else:
-                missed.append((oid, c))
-        self.layer_lookups[phase][layer] += i
-        self.layer_hits[phase][layer] += hit_u
+        hit_u, hit_a, missed = self._hits(phase, layer, oids, counts)
         if missed is None:
             return hit_u, hit_a, None, None
         uni = self._uniform
@@ -178,22 +185,7 @@ class MemoryHierarchy:
         net = self.net
         if net.next_change() <= t:
             net.advance_to(t)
-        pinned, access = self._pinned, self._cache_access
-        res_u = res_a = 0
-        rest = None
-        i = 0
-        for oid in oids:
-            c = 1 if counts is None else counts[i]
-            i += 1
-            if pinned[oid] or access(oid):
-                res_u += 1
-                res_a += c
-            elif rest is None:
-                rest = [(oid, c)]
-            else:
-                rest.append((oid, c))
-        self.layer_lookups[phase][layer] += i
-        self.layer_hits[phase][layer] += res_u
+        res_u, res_a, rest = self._hits(phase, layer, oids, counts)
         if rest is None:
             self.prefetch(phase, self._ahead(phase, layer, rows), t)
             return res_u, res_a, None, None
