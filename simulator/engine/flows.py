@@ -490,7 +490,9 @@ class FlowNetwork:
                 break
         else:
             if size > 0:                     # the common case: one size, one heap entry
-                g = self._group(path, cap, b[4], t)
+                g = self._groups.get((path, cap, b[4]))
+                if g is None or not g.live:
+                    g = self._group(path, cap, b[4], t)
                 vt = g.V + size
                 e = [vt, b[1], flows, len(flows)]
                 for f in flows:
@@ -539,10 +541,11 @@ class FlowNetwork:
         if t > self.t:
             self.t = t
         done: list[Flow] = []
-        tol = _TIME_TOL * (t if t > 1.0 else (-t if t < -1.0 else 1.0))
         if gl:
+            tol = _TIME_TOL * (t if t > 1.0 else (-t if t < -1.0 else 1.0))
             due = t + tol
-            for g in tuple(gl):
+            empty = None                     # groups left without members, dropped after
+            for g in gl:
                 if g.t_next > due:
                     continue
                 # finish the members whose time left at t is below the tolerance
@@ -567,19 +570,31 @@ class FlowNetwork:
                             done.append(f)
                     k += e[3]
                 if k:
-                    g.n -= k
-                    if not g.n:
-                        self._drop(g, t)
+                    k = g.n - k
+                    g.n = k
+                    if not k:
+                        if empty is None:
+                            empty = [g]
+                        else:
+                            empty.append(g)
+            if empty is not None:            # (in list order, as if dropped in the loop)
+                for g in empty:
+                    self._drop(g, t)
         pend = self._pend
         if pend:
             lim = t + _EPS
-            while pend and pend[0][0] <= lim:
-                self._activate(_heappop(pend), t, done)
+            if pend[0][0] <= lim:
+                activate = self._activate
+                while True:
+                    activate(_heappop(pend), t, done)
+                    if not pend or pend[0][0] > lim:
+                        break
         self._recompute(t)
-        cb = self.on_complete
-        if cb is not None:
-            for f in done:
-                cb(f)
+        if done:
+            cb = self.on_complete
+            if cb is not None:
+                for f in done:
+                    cb(f)
 
     def _recompute(self, t: float) -> None:
         """New rates for every group, then each group's next completion and ``_next``."""
