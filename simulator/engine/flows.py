@@ -216,8 +216,9 @@ class FlowNetwork:
         self.on_complete: Callable[[Flow], None] | None = None   # accounting hook
         self._ts = 0.0                       # time the groups were integrated to
         self._next = _INF                    # cached next_change()
-        # latency phase: heap of batches [activate_at, seq, path, cap, prio, flows, mixed]
-        # (mixed: a member was promoted while pending, so the batch splits on activation)
+        # latency phase: heap of batches [activate_at, seq, flows, len(flows), path, cap,
+        # prio, mixed] (mixed: a member was promoted while pending, so the batch splits on
+        # activation); a one-size batch becomes its group's heap entry on activation
         self._pend: list = []
         self._groups: dict = {}              # (path, cap, prio) -> _Group, kept for reuse
         self._glist: list[_Group] = []       # the groups that have members
@@ -314,7 +315,8 @@ class FlowNetwork:
                 break
         else:                                # one batch (the common case)
             self._seq += 1
-            b = [act, self._seq, path, cap, prio, list(flows), False]
+            fs = list(flows)
+            b = [act, self._seq, fs, len(fs), path, cap, prio, False]
             if act > self.t + _EPS:
                 _heappush(self._pend, b)
                 if act < nxt:
@@ -331,7 +333,7 @@ class FlowNetwork:
         lim = self.t + _EPS
         for (a, p, c, pr), fs in by.items():
             self._seq += 1
-            b = [a, self._seq, p, c, pr, fs, False]
+            b = [a, self._seq, fs, len(fs), p, c, pr, False]
             if a <= lim:
                 now.append(b)
             else:
@@ -353,8 +355,8 @@ class FlowNetwork:
             g = f._group
             if g is None:                    # pending (or not started): mark its batch
                 for b in self._pend:
-                    if b[4] and f in b[5]:
-                        b[6] = True
+                    if b[6] and f in b[2]:
+                        b[7] = True
                         break
                 continue
             if not moved:
@@ -404,8 +406,12 @@ class FlowNetwork:
         groups[key0] = g
         self._seq += 1
         f._vtag = rem
-        f._entry = e = [rem, self._seq, [f], 1]
-        g.heap = [e]
+        e, h = f._entry, g.heap
+        if len(h) == 1 and h[0] is e and len(e[2]) == 1:
+            e[0], e[1] = rem, self._seq      # its own entry, alone in the heap: reuse it
+        else:
+            f._entry = e = [rem, self._seq, [f], 1]
+            g.heap = [e]
         gl = self._glist
         if gl[-1] is not g:
             gl.remove(g)
@@ -470,15 +476,15 @@ class FlowNetwork:
 
     def _activate(self, b: list, t: float, done: list) -> None:
         """Move batch ``b`` from the latency phase into its group(s) at ``t``."""
-        flows = b[5]
-        if b[6]:                             # promoted while pending: split by priority
+        flows = b[2]
+        if b[7]:                             # promoted while pending: split by priority
             by: dict = {}
             for f in flows:
                 by.setdefault(f.priority, []).append(f)
             for prio, fs in by.items():
-                self._activate([b[0], b[1], b[2], b[3], prio, fs, False], t, done)
+                self._activate([b[0], b[1], fs, len(fs), b[4], b[5], prio, False], t, done)
             return
-        path, cap = b[2], b[3]
+        path, cap = b[4], b[5]
         if not path and cap == _INF:         # nothing to cross: done on arrival
             for f in flows:
                 f.done_at = t
@@ -490,11 +496,12 @@ class FlowNetwork:
                 break
         else:
             if size > 0:                     # the common case: one size, one heap entry
-                g = self._groups.get((path, cap, b[4]))
+                g = self._groups.get((path, cap, b[6]))
                 if g is None or not g.live:
-                    g = self._group(path, cap, b[4], t)
+                    g = self._group(path, cap, b[6], t)
                 vt = g.V + size
-                e = [vt, b[1], flows, len(flows)]
+                b[0] = vt                    # the batch becomes the heap entry (its first
+                e = b                        # four fields are an entry's)
                 for f in flows:
                     f._vtag = vt
                     f._group = g
@@ -511,7 +518,7 @@ class FlowNetwork:
                 done.append(f)
                 continue
             if g is None:
-                g = self._group(path, cap, b[4], t)
+                g = self._group(path, cap, b[6], t)
                 heap, V = g.heap, g.V
             seq += 1
             vt = V + size
