@@ -80,7 +80,7 @@ class Resource:
         self.capacity = float(capacity)
         self.bytes = 0.0             # bytes that crossed this resource
         self.busy_time = 0.0         # time with at least one flow moving bytes through it
-        self._active = 0             # live flow groups crossing it (per path occurrence)
+        self._active = 0             # live paths crossing it (per path occurrence)
         self._busy_since = 0.0
 
     def __repr__(self) -> str:
@@ -222,6 +222,9 @@ class FlowNetwork:
         self._pend: list = []
         self._groups: dict = {}              # (path, cap, prio) -> _Group, kept for reuse
         self._glist: list[_Group] = []       # the groups that have members
+        self._plive: dict = {}               # path -> its live groups (resources count live
+        #                                      paths, so a group joining or leaving a path
+        #                                      that stays live does not touch them)
         self._seq = 0
 
     # ------------------------------------------------------------------ queries
@@ -426,21 +429,35 @@ class FlowNetwork:
         if not g.live:
             g.live = True
             self._glist.append(g)
-            for r in path:                   # resources count their live groups
-                if not r._active:
-                    r._busy_since = t
-                r._active += 1
+            pl = self._plive
+            c = pl.get(path, 0)
+            pl[path] = c + 1
+            if not c:
+                for r in path:               # resources count their live paths
+                    if not r._active:
+                        r._busy_since = t
+                    r._active += 1
         return g
 
     def _drop(self, g: _Group, t: float) -> None:
         """``g`` has no members left at ``t``: credit its bytes and busy time to its
         resources, take it out of the active list and reset its clock for reuse."""
         moved = g.moved
-        for r in g.path:
-            r.bytes += moved
-            r._active -= 1
-            if not r._active:
-                r.busy_time += t - r._busy_since
+        path = g.path
+        pl = self._plive
+        c = pl[path] - 1
+        if c:                                # the path stays live: bytes only
+            pl[path] = c
+            if moved:
+                for r in path:
+                    r.bytes += moved
+        else:
+            del pl[path]
+            for r in path:
+                r.bytes += moved
+                r._active -= 1
+                if not r._active:
+                    r.busy_time += t - r._busy_since
         g.live = False
         g.V = g.moved = g.rate = 0.0
         g.heap.clear()
