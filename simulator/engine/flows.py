@@ -80,7 +80,7 @@ class Resource:
         self.capacity = float(capacity)
         self.bytes = 0.0             # bytes that crossed this resource
         self.busy_time = 0.0         # time with at least one flow moving bytes through it
-        self._active = 0             # live paths crossing it (per path occurrence)
+        self._active = 0             # live flow groups crossing it (per path occurrence)
         self._busy_since = 0.0
 
     def __repr__(self) -> str:
@@ -216,15 +216,11 @@ class FlowNetwork:
         self.on_complete: Callable[[Flow], None] | None = None   # accounting hook
         self._ts = 0.0                       # time the groups were integrated to
         self._next = _INF                    # cached next_change()
-        # latency phase: heap of batches [activate_at, seq, flows, len(flows), path, cap,
-        # prio, mixed] (mixed: a member was promoted while pending, so the batch splits on
-        # activation); a one-size batch becomes its group's heap entry on activation
+        # latency phase: heap of batches [activate_at, seq, path, cap, prio, flows, mixed]
+        # (mixed: a member was promoted while pending, so the batch splits on activation)
         self._pend: list = []
         self._groups: dict = {}              # (path, cap, prio) -> _Group, kept for reuse
         self._glist: list[_Group] = []       # the groups that have members
-        self._plive: dict = {}               # path -> its live groups (resources count live
-        #                                      paths, so a group joining or leaving a path
-        #                                      that stays live does not touch them)
         self._seq = 0
 
     # ------------------------------------------------------------------ queries
@@ -318,8 +314,7 @@ class FlowNetwork:
                 break
         else:                                # one batch (the common case)
             self._seq += 1
-            fs = list(flows)
-            b = [act, self._seq, fs, len(fs), path, cap, prio, False]
+            b = [act, self._seq, path, cap, prio, list(flows), False]
             if act > self.t + _EPS:
                 _heappush(self._pend, b)
                 if act < nxt:
@@ -336,7 +331,7 @@ class FlowNetwork:
         lim = self.t + _EPS
         for (a, p, c, pr), fs in by.items():
             self._seq += 1
-            b = [a, self._seq, fs, len(fs), p, c, pr, False]
+            b = [a, self._seq, p, c, pr, fs, False]
             if a <= lim:
                 now.append(b)
             else:
@@ -358,8 +353,8 @@ class FlowNetwork:
             g = f._group
             if g is None:                    # pending (or not started): mark its batch
                 for b in self._pend:
-                    if b[6] and f in b[2]:
-                        b[7] = True
+                    if b[4] and f in b[5]:
+                        b[6] = True
                         break
                 continue
             if not moved:
@@ -409,12 +404,8 @@ class FlowNetwork:
         groups[key0] = g
         self._seq += 1
         f._vtag = rem
-        e, h = f._entry, g.heap
-        if len(h) == 1 and h[0] is e and len(e[2]) == 1:
-            e[0], e[1] = rem, self._seq      # its own entry, alone in the heap: reuse it
-        else:
-            f._entry = e = [rem, self._seq, [f], 1]
-            g.heap = [e]
+        f._entry = e = [rem, self._seq, [f], 1]
+        g.heap = [e]
         gl = self._glist
         if gl[-1] is not g:
             gl.remove(g)
@@ -429,35 +420,21 @@ class FlowNetwork:
         if not g.live:
             g.live = True
             self._glist.append(g)
-            pl = self._plive
-            c = pl.get(path, 0)
-            pl[path] = c + 1
-            if not c:
-                for r in path:               # resources count their live paths
-                    if not r._active:
-                        r._busy_since = t
-                    r._active += 1
+            for r in path:                   # resources count their live groups
+                if not r._active:
+                    r._busy_since = t
+                r._active += 1
         return g
 
     def _drop(self, g: _Group, t: float) -> None:
         """``g`` has no members left at ``t``: credit its bytes and busy time to its
         resources, take it out of the active list and reset its clock for reuse."""
         moved = g.moved
-        path = g.path
-        pl = self._plive
-        c = pl[path] - 1
-        if c:                                # the path stays live: bytes only
-            pl[path] = c
-            if moved:
-                for r in path:
-                    r.bytes += moved
-        else:
-            del pl[path]
-            for r in path:
-                r.bytes += moved
-                r._active -= 1
-                if not r._active:
-                    r.busy_time += t - r._busy_since
+        for r in g.path:
+            r.bytes += moved
+            r._active -= 1
+            if not r._active:
+                r.busy_time += t - r._busy_since
         g.live = False
         g.V = g.moved = g.rate = 0.0
         g.heap.clear()
@@ -493,15 +470,15 @@ class FlowNetwork:
 
     def _activate(self, b: list, t: float, done: list) -> None:
         """Move batch ``b`` from the latency phase into its group(s) at ``t``."""
-        flows = b[2]
-        if b[7]:                             # promoted while pending: split by priority
+        flows = b[5]
+        if b[6]:                             # promoted while pending: split by priority
             by: dict = {}
             for f in flows:
                 by.setdefault(f.priority, []).append(f)
             for prio, fs in by.items():
-                self._activate([b[0], b[1], fs, len(fs), b[4], b[5], prio, False], t, done)
+                self._activate([b[0], b[1], b[2], b[3], prio, fs, False], t, done)
             return
-        path, cap = b[4], b[5]
+        path, cap = b[2], b[3]
         if not path and cap == _INF:         # nothing to cross: done on arrival
             for f in flows:
                 f.done_at = t
@@ -513,12 +490,9 @@ class FlowNetwork:
                 break
         else:
             if size > 0:                     # the common case: one size, one heap entry
-                g = self._groups.get((path, cap, b[6]))
-                if g is None or not g.live:
-                    g = self._group(path, cap, b[6], t)
+                g = self._group(path, cap, b[4], t)
                 vt = g.V + size
-                b[0] = vt                    # the batch becomes the heap entry (its first
-                e = b                        # four fields are an entry's)
+                e = [vt, b[1], flows, len(flows)]
                 for f in flows:
                     f._vtag = vt
                     f._group = g
@@ -535,7 +509,7 @@ class FlowNetwork:
                 done.append(f)
                 continue
             if g is None:
-                g = self._group(path, cap, b[6], t)
+                g = self._group(path, cap, b[4], t)
                 heap, V = g.heap, g.V
             seq += 1
             vt = V + size
@@ -565,11 +539,10 @@ class FlowNetwork:
         if t > self.t:
             self.t = t
         done: list[Flow] = []
+        tol = _TIME_TOL * (t if t > 1.0 else (-t if t < -1.0 else 1.0))
         if gl:
-            tol = _TIME_TOL * (t if t > 1.0 else (-t if t < -1.0 else 1.0))
             due = t + tol
-            empty = None                     # groups left without members, dropped after
-            for g in gl:
+            for g in tuple(gl):
                 if g.t_next > due:
                     continue
                 # finish the members whose time left at t is below the tolerance
@@ -594,31 +567,19 @@ class FlowNetwork:
                             done.append(f)
                     k += e[3]
                 if k:
-                    k = g.n - k
-                    g.n = k
-                    if not k:
-                        if empty is None:
-                            empty = [g]
-                        else:
-                            empty.append(g)
-            if empty is not None:            # (in list order, as if dropped in the loop)
-                for g in empty:
-                    self._drop(g, t)
+                    g.n -= k
+                    if not g.n:
+                        self._drop(g, t)
         pend = self._pend
         if pend:
             lim = t + _EPS
-            if pend[0][0] <= lim:
-                activate = self._activate
-                while True:
-                    activate(_heappop(pend), t, done)
-                    if not pend or pend[0][0] > lim:
-                        break
+            while pend and pend[0][0] <= lim:
+                self._activate(_heappop(pend), t, done)
         self._recompute(t)
-        if done:
-            cb = self.on_complete
-            if cb is not None:
-                for f in done:
-                    cb(f)
+        cb = self.on_complete
+        if cb is not None:
+            for f in done:
+                cb(f)
 
     def _recompute(self, t: float) -> None:
         """New rates for every group, then each group's next completion and ``_next``."""
