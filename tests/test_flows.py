@@ -529,3 +529,26 @@ def test_float_residue_is_settled_so_bytes_are_conserved():
     net.run_until_done([a, b])
     assert a.done_at == pytest.approx(1001.0, rel=1e-12) and a.done_at < 1001.0
     assert link.bytes == pytest.approx(2.0, rel=1e-13, abs=0)
+
+
+def test_promoting_a_lone_background_flow_relabels_its_group():
+    """The lone member of a background group with no demand group on its path: the group
+    becomes the demand group (no move), with the same outcome as the closed form."""
+    r = Resource("r", 2.0)
+    net = FlowNetwork()
+    b = Flow(4.0, (r,), 0.0, priority=1)
+    net.start([b], 0.0)
+    g = b._group
+    net.promote([b], 1.0)
+    assert b._group is g and g.prio == 0 and net._glist == [g]
+    assert net._groups[((r,), INF, 0)] is g and ((r,), INF, 1) not in net._groups
+    d = Flow(2.0, (r,), 0.0)
+    net.start([d], 1.5)
+    assert b._group is d._group is g                 # shares the demand group now
+    net.run_until_done([b, d])
+    assert b.done_at == pytest.approx(2.5) and d.done_at == pytest.approx(3.0)
+    net.close(d.done_at)
+    assert r.bytes == pytest.approx(6.0) and r.busy_time == pytest.approx(3.0)
+    b2 = Flow(1.0, (r,), 0.0, priority=1)            # the background label is free again
+    net.start([b2], 5.0)
+    assert b2._group.prio == 1 and b2._group is not g

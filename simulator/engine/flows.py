@@ -361,6 +361,12 @@ class FlowNetwork:
                 self._settle(self.t)
                 moved = True
             rem = f._vtag - g.V              # bytes left, carried into the demand group
+            if g.n == 1:
+                key0 = (g.path, g.cap, 0)
+                ng = self._groups.get(key0)
+                if ng is None or not ng.live:
+                    self._relabel(g, ng, key0, f, rem)
+                    continue
             f._entry[3] -= 1
             ng = self._group(g.path, g.cap, 0, self._ts)
             g.n -= 1
@@ -376,6 +382,35 @@ class FlowNetwork:
             self._recompute(self._ts)
 
     # ------------------------------------------------------------------ internals
+    def _relabel(self, g: _Group, ng, key0, f: Flow, rem: float) -> None:
+        """Promote ``f``, the lone member of background group ``g``, when its path has no
+        live demand group: ``g`` itself becomes that demand group. Exactly what moving ``f``
+        would do (a fresh demand group whose clock starts at 0 with ``f`` tagged ``rem``,
+        ``g`` dropped and its bytes credited, the new group last in the active list) without
+        touching the resources' live counts (they would go up, then down: no busy change)."""
+        moved = g.moved
+        if moved:
+            for r in g.path:
+                r.bytes += moved
+        g.V = g.moved = 0.0
+        okey = g.key
+        groups = self._groups
+        if ng is not None:                   # the idle demand group takes g's old label
+            ng.key, ng.prio = okey, g.prio
+            groups[okey] = ng
+        else:
+            del groups[okey]
+        g.key, g.prio = key0, 0
+        groups[key0] = g
+        self._seq += 1
+        f._vtag = rem
+        f._entry = e = [rem, self._seq, [f], 1]
+        g.heap = [e]
+        gl = self._glist
+        if gl[-1] is not g:
+            gl.remove(g)
+            gl.append(g)
+
     def _group(self, path, cap, prio, t: float) -> _Group:
         """The group of (path, cap, prio), made live at ``t`` if it was not."""
         key = (path, cap, prio)
