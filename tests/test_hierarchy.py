@@ -103,3 +103,37 @@ def test_cache_never_exceeds_capacity_and_bytes_balance():
     tx = res.transfers
     assert tx["bytes"].sum() == pytest.approx(
         (s["misses.prefill"] + s["misses.decode"] - s["prefetch.useful"] + s["prefetch.issued"]) * size)
+
+
+def test_replicas_spread_reads_over_their_copies_and_count_capacity():
+    """An object with copies is read from home, then each copy, in turn; a copy takes room
+    on its device; rehome and drop_replica keep the copies consistent."""
+    sim = _sim("cxl_expanders.yaml", ["cache.name=none"])
+    h = sim.hierarchy
+    devs = sim.system.devices
+    cxl = [d.index for d in devs if d.tier == "cxl"]
+    oid = next(o for o in range(len(h.home)) if h.home[o] == cxl[0])
+    h.add_replica(oid, cxl[1])
+    h.add_replica(oid, cxl[2])
+    assert h.replicas(oid) == (cxl[0], cxl[1], cxl[2])
+    assert h.where(oid) == (f"at home ({devs[cxl[0]].name}), copies on "
+                            f"{devs[cxl[1]].name}, {devs[cxl[2]].name}")
+    layer = sim.ctx.layer_of(oid)
+    for t in range(6):
+        h.access(1, layer, [oid], None, float(t))
+    assert [h.served[1][d] for d in cxl[:3]] == [2, 2, 2]
+    assert h.fetched_bytes[1][cxl[1]] == 2 * h.ctx.object_bytes[oid]
+    h.drop_replica(oid, cxl[2])
+    assert h.replicas(oid) == (cxl[0], cxl[1])
+    with pytest.raises(SimulationError, match="no copy"):
+        h.drop_replica(oid, cxl[2])
+    with pytest.raises(SimulationError, match="already has a copy"):
+        h.rehome(oid, cxl[1])
+    h.rehome(oid, cxl[3])
+    assert h.replicas(oid) == (cxl[3], cxl[1])
+    # copies count against the device's capacity
+    small = next(d for d in devs if d.tier == "cxl" and d.spec.capacity_bytes == 64e9)
+    before = h._used_bytes(small.index)
+    other = next(o for o in range(len(h.home)) if h.home[o] != small.index and not h.pinned[o])
+    h.add_replica(other, small.index)
+    assert h._used_bytes(small.index) == before + h.ctx.object_bytes[other]

@@ -7,7 +7,9 @@ An object (an expert, or one slice of it: policies/base.py) is, at any instant, 
     cached      in the local expert cache (the cache policy decides what stays);
     staged      a prefetch that landed in the staging buffer and was not used yet;
     in flight   a prefetch still moving;
-    at home     only on its home device (placement's choice; ``rehome`` moves it).
+    at home     only on its home device (placement's choice; ``rehome`` moves it), and on
+                any replica devices (``add_replica``): an object with copies is read from
+                them in turn (home, then each copy), spreading its reads over the devices.
 
 The iteration loop (engine/simulation.py) asks three things per MoE layer: ``lookup`` (which
 of the layer's objects are resident now: hits update the cache policy's state, the rest
@@ -62,7 +64,8 @@ class MemoryHierarchy:
         # prefetch state
         self.prefetching = prefetching = prefetcher is not None
         self.inflight: dict[int, Flow] = {}      # object -> its prefetch flow, until it lands
-        self.staged: set[int] = set()            # landed prefetches, not used yet
+        self.staged: dict[int, int] = {}         # landed prefetches, not used yet -> source
+        self._replicas: dict[int, list[int]] = {}  # object -> its copies (home first)
         self.staged_bytes = self.pf_peak_buffer = 0.0
         self.pf_issued = self.pf_useful = self.pf_late = 0
         self.pf_bytes = [0.0, 0.0]
@@ -76,14 +79,14 @@ class MemoryHierarchy:
         if hasattr(self, "_uniform"):
             self._settle_uniform()
         self._pinned = self.pinned.tolist()
-        self._home = self.home.tolist()
+        self._home = self.home.tolist()              # the device the next read goes to
         self._sizes = self.ctx.object_bytes.tolist()
         self._cache_access, self._insert = self.cache.access, self.cache.insert
         # (device, size) when every unpinned object lives on one device and all objects have
         # one size: the miss path then needs no per-object bookkeeping
         unpinned, sizes = self.home[~self.pinned], self.ctx.object_bytes
         self._uniform = None
-        if (self.fast_path and not self.prefetching and unpinned.size
+        if (self.fast_path and not self.prefetching and unpinned.size and not self._replicas
                 and (unpinned == unpinned[0]).all() and (sizes == sizes[0]).all()):
             self._uniform = (int(unpinned[0]), float(sizes[0]))
             res, self._uni_lat = self.paths[self._uniform[0]]
@@ -104,19 +107,63 @@ class MemoryHierarchy:
             return "staged"
         if oid in self.inflight:
             return "in flight"
-        return f"at home ({self.system.devices[self._home[oid]].name})"
+        names = [self.system.devices[d].name for d in self.replicas(oid)]
+        return f"at home ({names[0]})" + (f", copies on {', '.join(names[1:])}"
+                                          if len(names) > 1 else "")
+
+    def replicas(self, oid: int) -> tuple[int, ...]:
+        """Devices holding the object outside the local tier: its home first, then copies."""
+        copies = self._replicas.get(oid)
+        return (int(self.home[oid]),) + (tuple(copies[1:]) if copies else ())
+
+    def _used_bytes(self, device: int) -> float:
+        used = float(self.ctx.object_bytes[self.home == device].sum())
+        return used + sum(self._sizes[o] for o, c in self._replicas.items() if device in c[1:])
+
+    def _check_room(self, oid: int, device: int, what: str):
+        d = self.system.devices[device]
+        if d.is_local or self._pinned[oid]:
+            raise SimulationError(f"object {oid}: {what} cannot pin or unpin (to '{d.name}')")
+        if d.spec.capacity_bytes and (self._used_bytes(device) + self._sizes[oid]
+                                      > d.spec.capacity_bytes):
+            raise SimulationError(f"object {oid}: device '{d.name}' is full")
+
+    def add_replica(self, oid: int, device: int) -> None:
+        """Keep a copy of the object on ``device`` too (capacity checked); reads then
+        alternate between its copies."""
+        if device in self.replicas(oid):
+            return
+        self._check_room(oid, device, "add_replica")
+        self._replicas.setdefault(oid, [int(self.home[oid])]).append(device)
+        self._refresh()
+
+    def drop_replica(self, oid: int, device: int) -> None:
+        """Remove the copy on ``device`` (not the home: ``rehome`` moves that)."""
+        copies = self._replicas.get(oid)
+        if not copies or device not in copies[1:]:
+            raise SimulationError(f"object {oid} has no copy on device {device}")
+        copies.remove(device)
+        if len(copies) == 1:
+            del self._replicas[oid]
+        self._refresh()
+
+    def _rotate(self, oid: int) -> None:
+        """The next read of a replicated object goes to its next copy."""
+        copies = self._replicas[oid]
+        i = copies.index(self._home[oid]) + 1
+        self._home[oid] = copies[i % len(copies)]
 
     def rehome(self, oid: int, device: int) -> None:
         """Make ``device`` the object's home (placement or migration moving it). Its capacity
         is checked; an object cannot be pinned or unpinned this way (the local tier's budget
         is fixed at start)."""
-        d = self.system.devices[device]
-        if d.is_local or self._pinned[oid]:
-            raise SimulationError(f"object {oid}: rehome cannot pin or unpin (to '{d.name}')")
-        if d.spec.capacity_bytes:
-            used = float(self.ctx.object_bytes[self.home == device].sum())
-            if used + self._sizes[oid] > d.spec.capacity_bytes:
-                raise SimulationError(f"object {oid}: device '{d.name}' is full")
+        if device in self.replicas(oid)[1:]:
+            raise SimulationError(f"object {oid} already has a copy on device {device}; "
+                                  "drop it first")
+        self._check_room(oid, device, "rehome")
+        copies = self._replicas.get(oid)
+        if copies:
+            copies[0] = device
         self.home[oid] = device
         self._refresh()
 
@@ -194,18 +241,20 @@ class MemoryHierarchy:
         missed, late = [], []
         for oid, c in rest:
             if oid in staged:
-                staged.discard(oid)
+                served[staged.pop(oid)] += 1      # counted where the prefetch read it
                 self.staged_bytes -= sizes[oid]
                 self.pf_useful += 1
                 res_u += 1
                 res_a += c
             elif oid in inflight:
-                late.append((oid, c, inflight.pop(oid)))
+                f = inflight.pop(oid)
+                late.append((oid, c, f))
+                served[f.tag[1]] += 1
                 self.pf_useful += 1
                 self.pf_late += 1
             else:
                 missed.append((oid, c))
-            served[home[oid]] += 1
+                served[home[oid]] += 1
             admit(oid, sizes[oid])
         self.prefetch(phase, self._ahead(phase, layer, rows), t)
         if not missed:
@@ -244,6 +293,7 @@ class MemoryHierarchy:
         and enter the cache on first use."""
         pinned, contains, home, sizes = self._pinned, self.cache.contains, self._home, self._sizes
         inflight, staged, paths = self.inflight, self.staged, self.paths
+        replicated = self._replicas
         flows = None
         for oid in oids:
             if pinned[oid] or oid in inflight or oid in staged or contains(oid):
@@ -256,6 +306,8 @@ class MemoryHierarchy:
             else:
                 flows.append(f)
             inflight[oid] = f
+            if replicated and oid in replicated:
+                self._rotate(oid)
             self.pf_issued += 1
             self.pf_bytes[phase] += size
         if flows is not None:
@@ -315,6 +367,10 @@ class MemoryHierarchy:
                 self._admit(oid, sizes[oid])
             devs.append(dev)
             msizes.append(sizes[oid])
+        if self._replicas:
+            for oid, _c in missed:
+                if oid in self._replicas:
+                    self._rotate(oid)
         net = self.net
         if self.fast_path and late is None and net.idle:
             # nothing else moves: the outcome depends only on which devices and sizes, so
@@ -388,7 +444,7 @@ class MemoryHierarchy:
             # use, as a demand fetch would have. (A late prefetch, one a lookup already waited
             # for, left ``inflight`` then: it is not staged again.)
             del self.inflight[oid]
-            self.staged.add(oid)
+            self.staged[oid] = dev
             self.staged_bytes += f.size
             if self.staged_bytes > self.pf_peak_buffer:
                 self.pf_peak_buffer = self.staged_bytes
