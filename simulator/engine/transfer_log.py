@@ -26,6 +26,16 @@ _BATCH = (("start_s", "start", "d", np.float64), ("end_s", "end", "d", np.float6
 _OID = ("object_id", "oid", "q", np.int64)
 
 
+_NB = len(_BATCH)
+
+
+def _columns(flat: np.ndarray) -> dict[str, np.ndarray]:
+    """Interleaved per-batch doubles -> one column per value of _BATCH: strided views (no
+    copy); :func:`_pieces` gives each piece its dtype."""
+    m = flat.reshape(-1, _NB)
+    return {name: m[:, j] for j, (name, *_r) in enumerate(_BATCH)}
+
+
 def _col(buf, dtype) -> np.ndarray:
     """A typed buffer as a numpy array (a view; empty buffers as an empty array)."""
     return np.frombuffer(buf, dtype=dtype) if len(buf) else np.zeros(0, dtype=dtype)
@@ -42,9 +52,9 @@ def _pieces(batch: dict[str, np.ndarray], oid: np.ndarray, rows: int,
         b1 = int(np.searchsorted(ends, r0 + rows, side="right"))
         b1 = min(max(b1, b0 + 1), nb)
         r1 = int(ends[b1 - 1])
-        n = counts[b0:b1]
-        piece = {name: np.repeat(batch[name][b0:b1], n)
-                 for name, *_ in _BATCH if name != "count"}
+        n = counts[b0:b1].astype(np.int64)   # (counts are exact as doubles)
+        piece = {name: np.repeat(batch[name][b0:b1], n).astype(dt, copy=False)
+                 for name, _a, _t, dt in _BATCH if name != "count"}
         piece["object_id"] = oid[r0:r1].copy()
         yield piece
         b0, r0 = b1, r1
@@ -70,23 +80,13 @@ class TransferLog:
         self._new_buffers()
 
     def _new_buffers(self) -> None:
-        self.start = array("d")
-        self.end = array("d")
-        self.size = array("d")
-        self.count = array("q")
-        self.src = array("i")
-        self.phase = array("b")
-        self.purpose = array("b")
+        # the per-batch values of _BATCH, interleaved (one extend per batch on the hot path;
+        # integers below 2**53 are exact as doubles)
+        self.batch = array("d")
         self.oid = array("q")
 
     def add(self, start, end, size, count, src, phase, purpose, oids) -> None:
-        self.start.append(start)
-        self.end.append(end)
-        self.size.append(size)
-        self.count.append(count)
-        self.src.append(src)
-        self.phase.append(phase)
-        self.purpose.append(purpose)
+        self.batch.extend((start, end, size, count, src, phase, purpose))
         self.oid.extend(oids)
         if len(self.oid) >= self._spill_at:
             self._spill()
@@ -98,9 +98,9 @@ class TransferLog:
         f = self._file
         f.seek(0, 2)
         off = f.tell()
-        for _name, attr, _tc, _dt in _BATCH + (_OID,):
-            getattr(self, attr).tofile(f)
-        self._segments.append((off, len(self.count), len(self.oid)))
+        self.batch.tofile(f)
+        self.oid.tofile(f)
+        self._segments.append((off, len(self.batch) // _NB, len(self.oid)))
         self._spilled += len(self.oid)
         self._new_buffers()
 
@@ -108,9 +108,7 @@ class TransferLog:
         f = self._file
         f.flush()
         f.seek(off)
-        batch = {}
-        for name, _attr, _tc, dt in _BATCH:
-            batch[name] = np.frombuffer(f.read(nb * np.dtype(dt).itemsize), dtype=dt)
+        batch = _columns(np.frombuffer(f.read(nb * _NB * 8), dtype=np.float64))
         oid = np.frombuffer(f.read(nt * 8), dtype=np.int64)
         return batch, oid
 
@@ -118,8 +116,7 @@ class TransferLog:
         """(per-batch columns, object ids) of every segment, oldest first, then the buffers."""
         for off, nb, nt in self._segments:
             yield self._read_segment(off, nb, nt)
-        yield ({name: _col(getattr(self, attr), dt) for name, attr, _tc, dt in _BATCH},
-               _col(self.oid, np.int64))
+        yield _columns(_col(self.batch, np.float64)), _col(self.oid, np.int64)
 
     def __len__(self) -> int:
         """Number of transfers (rows of the expanded table)."""
@@ -128,8 +125,8 @@ class TransferLog:
     @property
     def nbytes(self) -> int:
         """Bytes of the log, in memory and spilled."""
-        mem = sum(getattr(self, a).itemsize * len(getattr(self, a)) for _n, a, _t, _d in _BATCH + (_OID,))
-        spilled = sum(nb * 38 + nt * 8 for _o, nb, nt in self._segments)
+        mem = 8 * (len(self.batch) + len(self.oid))
+        spilled = sum(nb * _NB * 8 + nt * 8 for _o, nb, nt in self._segments)
         return mem + spilled
 
     def chunks(self, rows: int = 1 << 18) -> Iterator[dict[str, np.ndarray]]:
