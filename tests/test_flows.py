@@ -11,7 +11,7 @@ import random
 import pytest
 
 from simulator.engine.flows import Flow, FlowNetwork, Resource, max_min_rates
-from tests import flows_reference as ref
+import flows_reference as ref
 
 INF = math.inf
 
