@@ -74,6 +74,8 @@ METRICS: list[tuple[str, str, str]] = [
     ("placement.experts.<device>", "count", "experts homed on the device at the end of the run "
                                             "(an expert split into slices counts 1/slices per slice)"),
     ("placement.bytes.<device>", "B", "expert bytes homed on the device at the end of the run"),
+    ("placement.share.<tier>", "fraction", "placement.bytes of the tier's devices / all expert "
+                                           "bytes (the local tier's share is the pinned one)"),
     # prefetch
     ("prefetch.issued", "count", "background fetches started by the prefetch policy"),
     ("prefetch.useful", "count", "prefetched objects later looked up (timely or late)"),

@@ -359,6 +359,10 @@ def collect(sim: "Simulation") -> RunResult:
         s[f"placement.experts.{d.name}"] = n // S if n % S == 0 else n / S
     for d in devs:
         s[f"placement.bytes.{d.name}"] = float(homed_bytes[d.index])
+    total_bytes = float(homed_bytes.sum())
+    for tname, tdevs in sysm.tiers.items():
+        tb = float(sum(homed_bytes[d.index] for d in tdevs))
+        s[f"placement.share.{tname}"] = tb / total_bytes if total_bytes else float("nan")
     # ------------------------------------------------------------ prefetch
     misses = s["misses.prefill"] + s["misses.decode"]
     s["prefetch.issued"] = h.pf_issued

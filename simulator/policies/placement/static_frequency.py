@@ -7,7 +7,7 @@
 
 Profiling window: ``oracle`` counts the whole trace (what an offline profile of the same
 workload would give); ``first_requests`` counts only the first ``profile_requests`` requests,
-as a deployment would from a warm-up period.
+as a deployment would from a warm-up period (counting in placement/frequency.py).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 from ...config.strict import field
 from ...units import gb_to_bytes
 from ..base import PLACEMENT, PlacementPolicy
+from .frequency import activation_counts
 
 
 @PLACEMENT.register("static_frequency")
@@ -33,18 +34,8 @@ class StaticFrequency(PlacementPolicy):
         profile_requests: int = field(10, min=1, help="requests counted with first_requests")
 
     def frequencies(self) -> np.ndarray:
-        ctx = self.ctx
-        tr = ctx.trace
-        if self.params.profile == "first_requests":
-            ids, starts, ends = tr.request_bounds()
-            n = min(self.params.profile_requests, ids.size)
-            ex = tr.experts[: ends[n - 1]]
-        else:
-            ex = tr.experts
-        L, E = tr.meta.num_layers, tr.meta.num_experts
-        flat = (np.arange(L, dtype=np.int64)[None, :, None] * E + ex.astype(np.int64)).ravel()
-        per_expert = np.bincount(flat, minlength=L * E)
-        return np.repeat(per_expert, ctx.slices_per_expert)
+        return activation_counts(self.ctx, self.params.profile,
+                                 profile_requests=self.params.profile_requests)
 
     def place(self) -> np.ndarray:
         ctx = self.ctx
