@@ -124,8 +124,8 @@ class MemoryHierarchy:
         d = self.system.devices[device]
         if d.is_local or self._pinned[oid]:
             raise SimulationError(f"object {oid}: {what} cannot pin or unpin (to '{d.name}')")
-        if d.spec.capacity_bytes and (self._used_bytes(device) + self._sizes[oid]
-                                      > d.spec.capacity_bytes):
+        # capacity 0 holds nothing, as in the engine's start-up check
+        if self._used_bytes(device) + self._sizes[oid] > d.spec.capacity_bytes:
             raise SimulationError(f"object {oid}: device '{d.name}' is full")
 
     def add_replica(self, oid: int, device: int) -> None:
