@@ -523,21 +523,10 @@ class FlowNetwork:
     def _step(self) -> None:
         """Apply the next change (all activations and completions due at ``_next``)."""
         t = self._next
-        ts = self._ts
+        if t < self._ts:
+            t = self._ts
+        self._settle(t)
         gl = self._glist
-        if t > ts:
-            dt = t - ts
-            for g in gl:                     # _settle, inlined (hot path)
-                rate = g.rate
-                if rate > 0:
-                    inc = rate * dt
-                    g.V += inc
-                    g.moved += inc * g.n
-            self._ts = t
-        else:
-            t = ts
-        if t > self.t:
-            self.t = t
         done: list[Flow] = []
         tol = _TIME_TOL * (t if t > 1.0 else (-t if t < -1.0 else 1.0))
         if gl:

@@ -62,7 +62,7 @@ class MemoryHierarchy:
         self.peak_cache_bytes = 0.0
         self.transfers = TransferLog()
         # prefetch state
-        self.prefetching = prefetching = prefetcher is not None
+        self.prefetching = prefetcher is not None
         self.inflight: dict[int, Flow] = {}      # object -> its prefetch flow, until it lands
         self.staged: dict[int, int] = {}         # landed prefetches, not used yet -> source
         self._replicas: dict[int, list[int]] = {}  # object -> its copies (home first)
@@ -72,12 +72,17 @@ class MemoryHierarchy:
         self.prefetcher = prefetcher
         self._ahead = prefetcher.on_layer_start if prefetcher is not None else None
         self.access = self._access_prefetching if prefetcher is not None else self._access
+        # fetch shortcuts: the one-device closed form (set by _refresh) and reused outcomes of
+        # isolated multi-device fetches, each settled onto the resources at the end
+        self._uniform = None
+        self._uni_bytes = self._uni_busy = 0.0
+        self._isolated: dict = {}                # (device, size) mix -> its isolated outcome
+        self._isolated_uses: dict = {}
         self._refresh()
 
     def _refresh(self) -> None:
         """Hot-path copies of the placement (plain lists) and the one-device shortcut."""
-        if hasattr(self, "_uniform"):
-            self._settle_uniform()
+        self._settle_uniform()
         self._pinned = self.pinned.tolist()
         self._home = self.home.tolist()              # the device the next read goes to
         self._sizes = self.ctx.object_bytes.tolist()
@@ -92,9 +97,6 @@ class MemoryHierarchy:
             res, self._uni_lat = self.paths[self._uniform[0]]
             self._uni_cap = min(r.capacity for r in res)
         self._uni_bytes = self._uni_busy = 0.0
-        if not hasattr(self, "_isolated"):
-            self._isolated: dict = {}            # (device, size) mix -> its isolated outcome
-            self._isolated_uses: dict = {}
 
     # ------------------------------------------------------------------ state
     def where(self, oid: int) -> str:
@@ -167,7 +169,7 @@ class MemoryHierarchy:
         self.home[oid] = device
         self._refresh()
 
-    def initialize(self, warm: list[int]) -> None:
+    def initialize(self) -> None:
         """Start of the run (after warm-up filled the cache): bind the hot-path references
         again, so policies wrapped after construction (tests, tools) are the ones called."""
         self._refresh()
@@ -230,8 +232,7 @@ class MemoryHierarchy:
         demand priority, the others are fetched. The prefetcher is asked after the hits are
         decided and before the misses move (its transfers start at ``t`` too)."""
         net = self.net
-        if net.next_change() <= t:
-            net.advance_to(t)
+        self.advance_to(t)
         res_u, res_a, rest = self._hits(phase, layer, oids, counts)
         if rest is None:
             self.prefetch(phase, self._ahead(phase, layer, rows), t)

@@ -405,7 +405,7 @@ class Simulation:
         from ..metrics.summary import collect
         self._progress = progress
         self.warm_objects = list(self.warmup.initialize(self.cache))
-        self.hierarchy.initialize(self.warm_objects)
+        self.hierarchy.initialize()
         proc = self.env.process(self._executor())
         self.env.run(until=proc)
         if self.env.now < self.t:
