@@ -69,6 +69,7 @@ class MemoryHierarchy:
         self.staged_bytes = self.pf_peak_buffer = 0.0
         self.pf_issued = self.pf_useful = self.pf_late = 0
         self.pf_bytes = [0.0, 0.0]
+        self.pf_useful_bytes = self.pf_late_bytes = 0.0
         self.prefetcher = prefetcher
         self._ahead = prefetcher.on_layer_start if prefetcher is not None else None
         self.access = self._access_prefetching if prefetcher is not None else self._access
@@ -245,6 +246,7 @@ class MemoryHierarchy:
                 served[staged.pop(oid)] += 1      # counted where the prefetch read it
                 self.staged_bytes -= sizes[oid]
                 self.pf_useful += 1
+                self.pf_useful_bytes += sizes[oid]
                 res_u += 1
                 res_a += c
             elif oid in inflight:
@@ -253,6 +255,8 @@ class MemoryHierarchy:
                 served[f.tag[1]] += 1
                 self.pf_useful += 1
                 self.pf_late += 1
+                self.pf_useful_bytes += f.size
+                self.pf_late_bytes += f.size
             else:
                 missed.append((oid, c))
                 served[home[oid]] += 1
@@ -460,3 +464,8 @@ class MemoryHierarchy:
     def pf_wasted(self) -> int:
         """Prefetches never used (landed or still in flight at the end)."""
         return self.pf_issued - self.pf_useful
+
+    @property
+    def pf_wasted_bytes(self) -> float:
+        """Bytes of prefetches never used."""
+        return sum(self.pf_bytes) - self.pf_useful_bytes

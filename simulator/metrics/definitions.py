@@ -81,6 +81,8 @@ METRICS: list[tuple[str, str, str]] = [
     ("prefetch.useful", "count", "prefetched objects later looked up (timely or late)"),
     ("prefetch.late", "count", "useful prefetches still in flight when looked up (the layer waited)"),
     ("prefetch.wasted", "count", "prefetched objects never looked up (issued - useful)"),
+    ("prefetch.late_bytes", "B", "bytes of the late prefetches (the layer waited for them)"),
+    ("prefetch.wasted_bytes", "B", "bytes of prefetches never looked up (moved for nothing)"),
     ("prefetch.peak_buffer_bytes", "B", "largest staging-buffer footprint of landed, unused prefetches"),
     ("prefetch.accuracy", "fraction", "prefetch.useful / prefetch.issued"),
     ("prefetch.coverage", "fraction", "prefetch.useful / misses (misses that a prefetch served)"),

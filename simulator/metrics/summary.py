@@ -369,6 +369,8 @@ def collect(sim: "Simulation") -> RunResult:
     s["prefetch.useful"] = h.pf_useful
     s["prefetch.late"] = h.pf_late
     s["prefetch.wasted"] = h.pf_wasted
+    s["prefetch.late_bytes"] = h.pf_late_bytes
+    s["prefetch.wasted_bytes"] = h.pf_wasted_bytes
     s["prefetch.peak_buffer_bytes"] = h.pf_peak_buffer
     s["prefetch.accuracy"] = h.pf_useful / h.pf_issued if h.pf_issued else float("nan")
     s["prefetch.coverage"] = h.pf_useful / misses if misses else float("nan")
