@@ -67,6 +67,7 @@ class Simulation:
             raise SimulationError(f"placement returned {home.shape}, expected ({self.ctx.num_objects},)")
         self.home = home                  # initial placement (the hierarchy keeps the live one)
         self.ctx.pinned = home == self.system.local.index
+        self.ctx.home = home              # read-only for policies (the prefetch gate's homes)
         self.cache = make_policy("cache", cfg.cache, self.ctx, source=src)
         self.prefetch = make_policy("prefetch", cfg.prefetch, self.ctx, source=src)
         self.routing = make_policy("routing", cfg.routing, self.ctx, source=src)
