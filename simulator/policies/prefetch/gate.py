@@ -55,7 +55,7 @@ class Gate:
     The rule is evaluated in its threshold form: an object passes when p > thr(x), with
     thr(x) = max(0, the largest float below min_prob, (w link(x) + c) / (saved(x) + c)),
     which is p > 0 and p >= min_prob and p (saved + c) > w link + c, the inequality of the
-    module docstring rearranged (inf for pinned objects: saved = link = 0 and c = 0)."""
+    module docstring rearranged (inf for pinned objects, which have nothing to save)."""
 
     def __init__(self, params: GateParams, ctx, min_prob: float):
         self.params, self.ctx, self.min_prob = params, ctx, float(min_prob)
@@ -103,16 +103,16 @@ class Gate:
         self.thr = np.maximum(self.threshold(first), self._floor).reshape(L, E)
 
     def threshold(self, oids) -> np.ndarray:
-        """The gate's own threshold on p per object, (w link + c) / (saved + c) (inf where
-        nothing can be saved), without the min_prob floor."""
+        """The gate's own threshold on p per object, (w link + c) / (saved + c) (inf for
+        pinned objects: nothing to save), without the min_prob floor."""
         if self.saved is None:
             self.refresh()
         o = np.asarray(oids, dtype=np.int64)
         w, c = self.params.bandwidth_weight, self.params.pollution_cost_s
+        saved = self.saved[o]
         num = w * self.link[o] + c
-        den = self.saved[o] + c
-        safe = np.where(den > 0, den, 1.0)
-        return np.where(den > 0, num / safe, np.inf)
+        den = np.where(saved > 0, saved + c, 1.0)
+        return np.where(saved > 0, num / den, np.inf)
 
     # ------------------------------------------------------------------ the rule
     def keep(self, oids, p) -> np.ndarray:
@@ -128,6 +128,8 @@ class Gate:
         ``first + i``). Per target layer the candidates that pass are taken in descending p
         (ties: lower expert first), at most ``top_n``; the result lists target layers in
         order, or with ``by_score`` all of them in descending p (ties: nearer layer)."""
+        if self.thr is None:
+            self.refresh()
         thr, base, S = self.thr, self._base, self.ctx.slices_per_expert
         if P.ndim == 1:
             P = P[None, :]

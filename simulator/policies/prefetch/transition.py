@@ -5,7 +5,9 @@
     at layer l of an iteration (tokens T, their experts X_t at l, just decided):
         p(e' | e)   = (C[l][e][e'] + prior) / (N[l][e] + prior * E / k)
                       (rows with N[l][e] = 0: the marginal frequency of e' at layer l+1
-                      so far, the fraction of tokens that used it; nothing before any data)
+                      so far, the fraction of tokens that used it, smoothed alike as
+                      (M + prior k / E) / (tokens + prior); nothing before any data)
+                      With prior > 0 every p stays below 1.
         p_t(e')     = mean over e in X_t of p(e' | e)        (each token's k picks)
         p(e' used)  = 1 - prod_t (1 - p_t(e'))               (any token of the batch)
         prefetch, per target layer, the experts whose p passes the gate (gate.py), at most
@@ -87,9 +89,10 @@ class TransitionPrefetch(PrefetchPolicy):
             P2[touched] = (C2[touched] + a) / (self.N.reshape(-1)[touched] + a * E / k)[:, None]
 
     def _marginal(self, l: int) -> np.ndarray:
-        """Fraction of tokens that used each expert at layer l so far (zeros before any)."""
-        s = self.seen[l]
-        return self.M[l] / s if s > 0 else np.zeros(self.E)
+        """Fraction of tokens that used each expert at layer l so far, smoothed the same way
+        ((M + prior k / E) / (tokens + prior)); zeros before any token was seen."""
+        s, a = self.seen[l], self.params.prior
+        return (self.M[l] + a * self.k / self.E) / (s + a) if s > 0 else np.zeros(self.E)
 
     def _cond(self, l: int) -> np.ndarray:
         """(E, E) p(e' at l+1 | e at l) with the marginal of l+1 for rows without data."""
