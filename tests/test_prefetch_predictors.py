@@ -245,7 +245,7 @@ def test_moe_infinity_store_replaces_the_least_matched():
     # every later request matches nothing (cosine 0 everywhere), so the best match is the
     # lower slot, request 0's; 2 then replaces request 1 (never matched) and 3 replaces 2
     assert pol.n_stored == 2
-    stored = [int(np.flatnonzero(pol.frac[i, 0])[0]) for i in range(2)]
+    stored = [int(np.flatnonzero(pol.frac[0, i])[0]) for i in range(2)]
     assert stored == [0, 3]
     assert pol.matched[0] > 0 and pol.matched[1] == 0
 

@@ -123,6 +123,17 @@ class Gate:
         S, E = self.ctx.slices_per_expert, self.ctx.num_experts
         return np.asarray(p) > self.thr.reshape(-1)[o // S]
 
+    def choose1(self, layer: int, p: np.ndarray, top_n: int) -> list[int]:
+        """:meth:`choose` for one target layer, ``p`` of shape (E,) (the hot path)."""
+        idx = (p > self.thr[layer]).nonzero()[0]
+        n = idx.size
+        if n == 0:
+            return []
+        if n > 1:
+            idx = idx[(-p[idx]).argsort(kind="stable")[:top_n]]
+        S = self.ctx.slices_per_expert
+        return (self._base[layer] + (idx * S if S != 1 else idx)).tolist()
+
     def choose(self, first: int, P: np.ndarray, top_n: int, by_score: bool = False) -> list[int]:
         """Object ids to prefetch from ``P`` (m, E) or (E,): p(expert e used at layer
         ``first + i``). Per target layer the candidates that pass are taken in descending p
@@ -138,11 +149,11 @@ class Gate:
         for i in range(P.shape[0]):
             p = P[i]
             j = first + i
-            idx = np.flatnonzero(p > thr[j])
+            idx = (p > thr[j]).nonzero()[0]
             if idx.size == 0:
                 continue
             if idx.size > 1:
-                idx = idx[np.argsort(-p[idx], kind="stable")[:top_n]]
+                idx = idx[(-p[idx]).argsort(kind="stable")[:top_n]]
             out.extend((base[j] + idx * S).tolist() if S != 1 else (base[j] + idx).tolist())
             if by_score:
                 ps.extend(p[idx].tolist())

@@ -63,8 +63,9 @@ class MoEInfinityPrefetch(PrefetchPolicy):
         L, E = ctx.num_layers, ctx.num_experts
         self.L, self.E = L, E
         cap = params.capacity
-        self.unit = np.zeros((cap, L, E))        # stored matrices, rows L2-normalised
-        self.frac = np.zeros((cap, L, E))        # stored matrices, rows / tokens
+        # stored matrices, layer-major so that one layer of every entry is contiguous
+        self.unit = np.zeros((L, cap, E))        # rows L2-normalised
+        self.frac = np.zeros((L, cap, E))        # rows / tokens (per-token frequency)
         self.matched = np.zeros(cap, dtype=np.int64)
         self.stamp = np.zeros(cap, dtype=np.int64)   # insertion order (ties of replacement)
         self.n_stored = 0
@@ -92,10 +93,10 @@ class MoEInfinityPrefetch(PrefetchPolicy):
             i = int(np.lexsort((self.stamp, self.matched))[0])
         tok = A.sum(axis=1, keepdims=True)
         nrm = np.sqrt((A * A).sum(axis=1, keepdims=True))
-        self.unit[i] = A / np.where(nrm > 0, nrm, 1.0)
+        self.unit[:, i] = A / np.where(nrm > 0, nrm, 1.0)
         # every token has k picks per layer: tokens = row sum / k
         k = self.ctx.trace.experts.shape[2]
-        self.frac[i] = np.minimum(A * k / np.where(tok > 0, tok, 1.0), 1.0)
+        self.frac[:, i] = np.minimum(A * k / np.where(tok > 0, tok, 1.0), 1.0)
         self.matched[i] = 0
         self.stamp[i] = self._inserted
         self._inserted += 1
@@ -137,6 +138,11 @@ class MoEInfinityPrefetch(PrefetchPolicy):
         zero = np.zeros((self.L, self.E))
         self._base = np.stack([self.running.get(r, zero) for r in reqs])   # (B, L, E)
         self._sim = np.zeros((B, self.n_stored))
+        self._single = B == 1 and T.size == 1             # batch-1 decode: the cheap path
+        if self._single:
+            self._row = int(T[0])
+            self._base0 = self._base[0]
+            self._sim0 = self._sim[0]                     # a view: _sim stays the state
         self._upto = -1                      # layers whose cosines are in _sim
 
     # ------------------------------------------------------------------ prediction
@@ -151,24 +157,33 @@ class MoEInfinityPrefetch(PrefetchPolicy):
         ns = self.n_stored
         if ns == 0:
             return []
-        E, ex = self.E, self.ctx.trace.experts
-        B = len(self._reqs)
+        ex = self.ctx.trace.experts
+        single, unit = self._single, self.unit
         for j in range(self._upto + 1, layer + 1):        # normally just j = layer
-            x = ex[tokens, j].astype(np.int64)            # (n, k): decided by now
-            cnt = self._base[:, j, :] + np.bincount(
-                (self._inv[:, None] * E + x).ravel(), minlength=B * E).reshape(B, E)
-            cnt /= np.sqrt((cnt * cnt).sum(axis=1, keepdims=True))
-            self._sim += cnt @ self.unit[:ns, j, :].T    # (B, ns)
+            if single:                                    # one token: its k picks at j
+                cnt = self._base0[j].copy()
+                for e in ex[self._row, j].tolist():
+                    cnt[e] += 1.0
+                self._sim0 += (unit[j, :ns] @ cnt) * (1.0 / np.sqrt(cnt @ cnt))
+            else:
+                cnt = self._base[:, j, :].copy()          # (B, E)
+                np.add.at(cnt, (self._inv[:, None], ex[tokens, j]), 1.0)
+                cnt /= np.sqrt(np.einsum("be,be->b", cnt, cnt))[:, None]
+                self._sim += cnt @ unit[j, :ns].T         # (B, ns)
             self._upto = j
         hi = min(self.L - 1, layer + self.params.lookahead)
         if layer >= hi:
             return []
-        best = self._sim.argmax(axis=1)                   # ties: the lower slot
-        np.add.at(self.matched, best, 1)
-        w = self._w[1:hi - layer + 1][None, :, None]      # (1, m, 1)
-        pr = w * self.frac[best, layer + 1:hi + 1, :]     # (B, m, E)
-        if B == 1 and self._ntok[0] == 1:
-            P = pr[0]
+        if single:
+            b = int(self._sim0.argmax())                  # ties: the lower slot
+            self.matched[b] += 1
+            if hi == layer + 1:
+                return self.gate.choose1(hi, self.frac[hi, b] * self._w[1], self.params.top_n)
+            P = self.frac[layer + 1:hi + 1, b] * self._w[1:hi - layer + 1][:, None]   # (m, E)
         else:
-            P = 1.0 - np.prod((1.0 - pr) ** self._ntok[:, None, None], axis=0)
+            best = self._sim.argmax(axis=1)
+            np.add.at(self.matched, best, 1)
+            w = self._w[1:hi - layer + 1][:, None, None]  # (m, 1, 1)
+            pr = w * self.frac[layer + 1:hi + 1, best]     # (m, B, E)
+            P = 1.0 - np.prod((1.0 - pr) ** self._ntok[None, :, None], axis=1)
         return self.gate.choose(layer + 1, P, self.params.top_n, by_score=True)

@@ -63,6 +63,8 @@ class TransitionPrefetch(PrefetchPolicy):
         self._last: np.ndarray | None = None  # rows of the running iteration
         self._maxl = -1                       # deepest layer observed of it
         self._full: dict[int, np.ndarray] = {}   # full matrices (with fallback rows) this iteration
+        self._ready = [False] * Lp            # every source expert of the pair has data
+        self._row = -1                        # the iteration's row when it has one token
 
     # ------------------------------------------------------------------ learning
     def _commit(self) -> None:
@@ -87,6 +89,7 @@ class TransitionPrefetch(PrefetchPolicy):
             touched = np.unique(rows)
             C2, P2 = self.C.reshape(-1, E), self.P.reshape(-1, E)
             P2[touched] = (C2[touched] + a) / (self.N.reshape(-1)[touched] + a * E / k)[:, None]
+            self._ready = self.N.all(axis=1).tolist()
 
     def _marginal(self, l: int) -> np.ndarray:
         """Fraction of tokens that used each expert at layer l so far, smoothed the same way
@@ -110,6 +113,7 @@ class TransitionPrefetch(PrefetchPolicy):
         if tokens is not self._last or layer == 0:
             self._commit()
             self._last = tokens
+            self._row = int(tokens[0]) if tokens.size == 1 else -1
             self.gate.refresh()
         if layer > self._maxl:
             self._maxl = layer
@@ -118,12 +122,15 @@ class TransitionPrefetch(PrefetchPolicy):
             hi = self.L - 1
         if layer >= hi:
             return []
+        Pl = self.P[layer] if self._ready[layer] else self._cond(layer)
+        if self._row >= 0 and hi == layer + 1:                        # one token, one step
+            x = self.ctx.trace.experts[self._row, layer].tolist()     # its k picks: decided now
+            p = Pl[x[0]]
+            for e in x[1:]:
+                p = p + Pl[e]
+            return self.gate.choose1(hi, p * (1.0 / self.k), self.params.top_n)
         X = self.ctx.trace.experts[tokens, layer]                     # (n, k): decided now
-        if hi == layer + 1 and self.N[layer][X].all():
-            pt = self.P[layer][X]                                     # (n, k, E)
-        else:
-            pt = self._cond(layer)[X]
-        pt = pt.sum(axis=1) * (1.0 / self.k)                          # (n, E): mean over picks
+        pt = Pl[X].sum(axis=1) * (1.0 / self.k)                       # (n, E): mean over picks
         rows = [pt]
         for j in range(layer + 1, hi):
             pt = pt @ self._cond(j) * (1.0 / self.k)
