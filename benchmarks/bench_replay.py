@@ -237,6 +237,10 @@ CASES = {
     "cxl8": ("experts over 8 CXL devices", "cxl_expanders.yaml", CXL8_SET),
     "cxl8_prefetch": ("8 CXL devices + prefetch", "cxl_expanders.yaml", CXL8_SET + PREFETCH_SET),
     "belady": ("Belady, same capacity", "default.yaml", ["cache.name=belady"]),
+    "transition": ("+ transition prefetch (online, gated)", "default.yaml",
+                   ["prefetch={name: transition}"]),
+    "moe_infinity": ("+ moe_infinity prefetch (online, gated)", "default.yaml",
+                     ["prefetch={name: moe_infinity}"]),
     "bare_lru": ("bare LRU class replay of plain_lru's lookups", "default.yaml", []),
 }
 SIM_CASES = [c for c in CASES if c != "bare_lru"]
