@@ -17,9 +17,16 @@ not cost its full link time, but it does delay the prefetches and the demand fet
 queue behind it. ``pollution_cost_s`` is the expected cost of a wasted staging/cache slot,
 paid only when the guess is wrong (probability 1 - p). Solved for p, the gate is a threshold
 per object, p > (w link + c) / (saved + c): with the defaults (w = 0.25, c = 1 ms) it is 0.35
-for a Mixtral-8x7B bf16 expert over PCIe 5.0 x16 (352 MB, 6.4 ms), 0.27 over a 5.1 GB/s CXL
-expander and 0.35 for a DeepSeek-V2-Lite int8 expert from UFS flash, so it rejects the
+for a Mixtral-8x7B bf16 expert over PCIe 5.0 x16 (352 MB, 6.4 ms: default.yaml), 0.26-0.35
+over the CXL expanders of moe_cxl.yaml (0.26 on the 5.1 GB/s one) and 0.34 for a
+DeepSeek-V2-Lite int8 expert from UFS flash (mobile_xpu_flash.yaml), so it rejects the
 unlikely guesses while keeping the ones predictors are confident about.
+
+Caveat, measured: the engine's staging buffer has no capacity and keeps a landed prefetch
+until it is used, by any later token. A wrong guess therefore costs only link time there
+and often becomes a hit later (moe_cxl.yaml: the ungated transition predictor peaks at
+42 GB staged, beside the 24 GB cache, and beats the oracle). The gate prices the waste a
+bounded, one-use buffer would have; with today's buffer, gate.enabled: false is faster.
 
 ``min_prob`` (each policy's own parameter) is a floor on p that applies in any case; with
 the gate off the rule is that plain threshold, p >= min_prob (and p > 0). With both costs 0

@@ -25,7 +25,9 @@ p(e' | e) for layers j -> j+1 (rows sum to k, so p_t^(j) / k is a distribution o
 Information. At layer l only layers <= l of the current tokens are read. The counts of an
 iteration are committed when the next one starts: the pair (j, j+1) of this iteration is
 first needed at layer j of a later iteration, so this is exactly online learning.
-Cost: one (E, E) conditional matrix per pair and iteration (cached), O(n k E) per call.
+Cost: the smoothed conditionals are kept as an (L-1, E, E) array whose rows are refreshed
+when an iteration's counts touch them; a call sums the k rows of its token (one-token
+iterations: k row additions and one selection) or, for a batch, O(n k E) numpy work.
 """
 from __future__ import annotations
 
