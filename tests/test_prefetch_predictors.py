@@ -152,6 +152,74 @@ def _scores(ctx, calls, preds, skip: int):
     return tp / max(npred, 1), tp / max(nused, 1)
 
 
+def _transition_reference(ctx, calls, lookahead, min_prob, prior):
+    """transition as the brief words it: the pair (l-1, l) of the current tokens is counted
+    at the call of layer l (the marginal of layer l likewise), and p is recomputed from the
+    counts at every call. The policy defers the counting to the next iteration's start."""
+    ex, Ls, Es = ctx.trace.experts, ctx.num_layers, ctx.num_experts
+    k = ex.shape[2]
+    C, N = np.zeros((Ls - 1, Es, Es)), np.zeros((Ls - 1, Es))
+    M, seen = np.zeros((Ls, Es)), np.zeros(Ls)
+    floor = max(0.0, float(np.nextafter(min_prob, -np.inf)))
+    out = []
+    for _ph, l, T in calls:
+        X = ex[T, l].astype(np.int64)
+        for row in X:
+            M[l, row] += 1
+        seen[l] += len(T)
+        if l > 0:
+            for a, b in zip(ex[T, l - 1].astype(np.int64), X):
+                for e in a:
+                    N[l - 1, e] += 1
+                    for f in b:
+                        C[l - 1, e, f] += 1
+
+        def cond(j):
+            P = (C[j] + prior) / np.where(N[j] == 0, 1.0, N[j] + prior * Es / k)[:, None]
+            marg = (M[j + 1] + prior * k / Es) / (seen[j + 1] + prior) if seen[j + 1] else 0.0
+            P[N[j] == 0] = marg
+            return P
+        got = []
+        pt = cond(l)[X].sum(axis=1) * (1.0 / k) if l < Ls - 1 else None
+        for j in range(l + 1, min(Ls - 1, l + lookahead) + 1):
+            if j > l + 1:
+                pt = pt @ cond(j - 1) * (1.0 / k)
+            p = 1.0 - np.prod(1.0 - np.minimum(pt, 1.0), axis=0) if len(T) > 1 else pt[0]
+            got.append({j * Es + int(e) for e in np.flatnonzero(p > floor)})
+        out.append(got)
+    return out
+
+
+@pytest.mark.parametrize("lookahead,min_prob,prior", [(1, 0.3, 1.0), (3, 0.2, 0.5), (1, 0.5, 0.0)])
+def test_transition_equals_counting_at_every_layer(mixtral_path, calls, lookahead, min_prob, prior):
+    sim = Simulation(_cfg(mixtral_path))
+    pol = make_policy("prefetch", {"name": "transition", "lookahead": lookahead, "prior": prior,
+                                   "min_prob": min_prob, "gate": {"enabled": False}}, sim.ctx)
+    ref = _transition_reference(sim.ctx, calls, lookahead, min_prob, prior)
+    got = _replay(pol, calls)
+    assert sum(map(len, got)) > 0
+    for (_p, l, _t), g, r in zip(calls, got, ref):
+        assert [{o for o in g if o // E == j} for j in range(l + 1, l + 1 + len(r))] == r
+
+
+def test_transition_falls_back_to_the_smoothed_marginal():
+    """Token 1 used experts {0, 1} at every layer; token 2 picks {2, 3} at layer 0, rows with
+    no data yet, so layer 1 is predicted from its marginal: (M + prior k / E) / (tokens +
+    prior) = (1 + 0.25) / 2 = 0.625 for experts 0 and 1, 0.25 / 2 = 0.125 for the others."""
+    ex = np.zeros((2, 3, 2), dtype=np.uint8)
+    ex[0] = [0, 1]
+    ex[1] = [[2, 3], [4, 5], [6, 7]]
+    ctx = _fake_ctx(ex, [(0, 2)])
+    for min_prob, want in ((0.5, [8, 9]), (0.1, [8, 9, 10, 11, 12, 13, 14, 15]), (0.13, [8, 9])):
+        pol = make_policy("prefetch", {"name": "transition", "min_prob": min_prob,
+                                       "gate": {"enabled": False}}, ctx)
+        first = np.array([0])                     # one array per iteration, as the engine
+        assert pol.on_layer_start(1, 0, first) == []              # nothing seen yet
+        for layer in (1, 2):
+            pol.on_layer_start(1, layer, first)
+        assert pol.on_layer_start(1, 0, np.array([1])) == want
+
+
 def test_transition_learns_a_deterministic_chain():
     rng = np.random.default_rng(0)
     Ls, Es, n = 12, 8, 400
