@@ -697,6 +697,22 @@ class MemoryHierarchy:
         return [o for o in range(len(self._home)) if int(self.home[o]) == device
                 and not self._pinned[o]]
 
+    def adopt_backing(self, oids) -> None:
+        """Make each object's backing copy its home (its home failed and no live device of
+        its tier could take it). No capacity check: the copy is already there."""
+        for oid in oids:
+            b = int(self.backing[oid])
+            copies = self._replicas.get(oid)
+            if copies:
+                if b in copies:
+                    copies.remove(b)
+                copies.insert(0, b)
+                copies.pop(1)
+                if len(copies) == 1:
+                    del self._replicas[oid]
+            self.home[oid] = b
+        self._refresh()
+
     def recover(self, device: int, t: float) -> None:
         """``device`` is back at ``t`` (empty: engine/faults.py moves its objects back)."""
         self.down.discard(device)

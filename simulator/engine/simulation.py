@@ -72,6 +72,8 @@ class Simulation:
         self.routing = make_policy("routing", cfg.routing, self.ctx, source=src)
         self.warmup = make_policy("warmup", cfg.warmup, self.ctx, source=src)
         self.kv = make_policy("kv", cfg.kv, self.ctx, source=src)
+        self.scheduler = make_policy("scheduler", cfg.scheduler, self.ctx, source=src)
+        self.migration = make_policy("migration", cfg.migration, self.ctx, source=src)
         self._check_capacities()
 
         self.compute = ComputeModel(model, self.system.compute, self.system.local.spec,
@@ -79,10 +81,26 @@ class Simulation:
         self.env = simpy.Environment()
         self.prefetch_active = bool(self.prefetch.active)
         self.log_events = cfg.output.events
+        faults = cfg.faults.events
+        self.migration_active = bool(self.migration.active)
         self.hierarchy = MemoryHierarchy(
             self.ctx, self.system, home, self.cache,
             self.prefetch if self.prefetch_active else None,
-            log_events=self.log_events, fast_path=fast_path)
+            log_events=self.log_events, fast_path=fast_path,
+            scheduler=self.scheduler if self.scheduler.active else None,
+            dynamic=self.migration_active or bool(faults))
+        self.ctx.hierarchy = self.hierarchy      # for dynamic policies (migration)
+        for i, (oid, dev) in enumerate(self.placement.replicas()):
+            try:
+                self.hierarchy.add_replica(int(oid), int(dev))
+            except SimulationError as exc:
+                raise ConfigError(f"replica {i}: {exc}", source=src, key="placement") from None
+        if faults:
+            from .faults import FaultState, backing_devices
+            self.hierarchy.backing = backing_devices(
+                cfg.faults, self.system, self.ctx.object_bytes, self.ctx.pinned, home,
+                source=src)
+            self.hierarchy.faults = FaultState(cfg.faults, self.system, source=src)
 
         L = self.ctx.num_layers
         self.t = 0.0
@@ -238,7 +256,7 @@ class Simulation:
             t = t_hit if arrivals is None else run_arrivals(phase, arrivals, items, t_hit)
         if ub:
             compute.account_moe(phase, n, ub, ur, ur, ul)
-        self._end_iteration(phase, t0, t, n)
+        self._end_iteration(phase, t0, t, n, rows)
         return t
 
     def _prefill(self, batch: list[Request]):
@@ -302,7 +320,7 @@ class Simulation:
             if q.decoded == 1 and not q.n_prefill:
                 q.first_token = t
 
-    def _end_iteration(self, phase: int, t0: float, t: float, n: int) -> None:
+    def _end_iteration(self, phase: int, t0: float, t: float, n: int, rows) -> None:
         self.phase_time[phase] += t - t0
         self.iterations[phase] += 1
         if self.log_events:
@@ -310,6 +328,8 @@ class Simulation:
                                self.cache.used_bytes))
         self.t = t
         self.placement.on_iteration_end(t)
+        if self.migration_active:
+            self.migration.on_iteration_end(phase, rows, t)
 
     def _prepare_decode(self, q: Request) -> None:
         if q.n_decode and self.routing.identity:
@@ -341,6 +361,7 @@ class Simulation:
         waiting: deque[Request] = deque()
         running: list[Request] = []
         bar = self._progress            # tokens simulated, flushed every 256 iterations
+        faults = self.hierarchy.faults
         pending = iters = 0
         while True:
             if self.env.peek() <= self.t:
@@ -351,6 +372,8 @@ class Simulation:
             while waiting and len(running) + len(new) < B:
                 q = waiting.popleft()
                 q.admitted = self.t
+                if faults is not None:
+                    faults.on_admit(self.t)
                 self._prepare_decode(q)
                 new.append(q)
             prefill = [q for q in new if q.n_prefill]

@@ -288,9 +288,6 @@ def collect(sim: "Simulation") -> RunResult:
     written = {d.name: 0.0 for d in devs}
     read[local.name] = float(sum(compute_read))
     written[local.name] = total_fetched
-    for d in devs:
-        s[f"bytes.read.{d.name}"] = read[d.name]
-        s[f"bytes.written.{d.name}"] = written[d.name]
     link_bytes = {n: 0.0 for n in sysm.links}
     link_phase = {n: [0.0, 0.0] for n in sysm.links}
     for d in devs:
@@ -298,6 +295,39 @@ def collect(sim: "Simulation") -> RunResult:
             link_bytes[l.name] += float(fetched[:, d.index].sum())
             for p in (0, 1):
                 link_phase[l.name][p] += float(fetched[p, d.index])
+    # bytes a failure cut short (read, crossed the links, then discarded) and moves between
+    # devices (migration, re-homing): read at the source, written at the destination, on
+    # the links of System.move_path
+    cut = np.asarray(h.cut_bytes, dtype=np.float64)
+    moved_read = {d.name: float(cut[:, d.index].sum()) for d in devs}
+    moved_written = {d.name: 0.0 for d in devs}
+    e_move_phase = [0.0, 0.0]
+    for d in devs:
+        for l in d.path:
+            for p in (0, 1):
+                link_phase[l.name][p] += float(cut[p, d.index])
+                link_bytes[l.name] += float(cut[p, d.index])
+        e_move_phase[0] += float(cut[0, d.index]) * d.spec.read_j_per_byte
+        e_move_phase[1] += float(cut[1, d.index]) * d.spec.read_j_per_byte
+    for (p, src, dst), b in h.moved.items():
+        sd, dd = devs[src], devs[dst]
+        moved_read[sd.name] += b
+        moved_written[dd.name] += b
+        e_move_phase[p] += b * (sd.spec.read_j_per_byte + dd.spec.write_j_per_byte)
+        res, _lat = sysm.move_path(sd, dd)
+        names = {r.name for r in res}
+        for ln, l in sysm.links.items():
+            if l.fwd.name in names or l.rev.name in names:
+                link_bytes[ln] += b
+                link_phase[ln][p] += b
+    for d in devs:
+        read[d.name] += moved_read[d.name]
+        written[d.name] += moved_written[d.name]
+        s[f"bytes.read.{d.name}"] = read[d.name]
+        s[f"bytes.written.{d.name}"] = written[d.name]
+    s["migrations"] = h.move_counts["migrate"]
+    s["bytes.migrated"] = h.move_bytes["migrate"]
+    s["bytes.moved"] = float(sum(h.moved.values()))
     for n, b in link_bytes.items():
         s[f"bytes.link.{n}"] = b
     # ------------------------------------------------------------ energy
@@ -313,6 +343,17 @@ def collect(sim: "Simulation") -> RunResult:
         s[f"energy_j.dynamic.{d.name}"] = sum(per_phase)
         e_dyn_phase[0] += per_phase[0]
         e_dyn_phase[1] += per_phase[1]
+    # moves and cut transfers, per device
+    for d in devs:
+        extra = float(cut[:, d.index].sum()) * d.spec.read_j_per_byte
+        for (p, src, dst), b in h.moved.items():
+            if src == d.index:
+                extra += b * d.spec.read_j_per_byte
+            if dst == d.index:
+                extra += b * d.spec.write_j_per_byte
+        s[f"energy_j.dynamic.{d.name}"] += extra
+    e_dyn_phase[0] += e_move_phase[0]
+    e_dyn_phase[1] += e_move_phase[1]
     e_link_phase = [0.0, 0.0]
     for n, l in sysm.links.items():
         s[f"energy_j.link.{n}"] = link_bytes[n] * l.spec.j_per_byte
@@ -376,6 +417,9 @@ def collect(sim: "Simulation") -> RunResult:
     s["prefetch.coverage"] = h.pf_useful / misses if misses else float("nan")
     for p, name in enumerate(PHASE_NAMES):
         s[f"bytes.prefetched.{name}"] = h.pf_bytes[p]
+    # ------------------------------------------------------------ faults
+    from ..engine.faults import fault_report
+    s.update(fault_report(sim))
     # ------------------------------------------------------------ utilisation
     s["utilization.compute"] = sum(sim.phase_time) / makespan if makespan > 0 else float("nan")
     for n, l in sysm.links.items():
