@@ -96,6 +96,8 @@ class MemoryHierarchy:
         self.cut_bytes = [[0.0] * nd, [0.0] * nd]  # bytes fetched before a failure cut them
         self._demand: list | None = None         # the demand flows of the fetch under way
         self._phase = 0                          # phase of the last lookup (moves count in it)
+        self.reads = [0] * ctx.num_objects       # reads of each object from a device (kept
+        #                                          when sources are planned: dynamic runs)
         self.access = (self._access_prefetching if prefetcher is not None or dynamic
                        else self._access)
         # fetch shortcuts: the one-device closed form (set by _refresh) and reused outcomes of
@@ -342,6 +344,7 @@ class MemoryHierarchy:
                 dev, wait = self._source(oid, sizes[oid], None, t)
                 if wait:                      # no live copy: not worth a prefetch
                     continue
+                self.reads[oid] += 1
             size = sizes[oid]
             f = Flow(size, *paths[dev], (oid, dev, phase, PREFETCH), _INF, 1)
             if flows is None:
@@ -469,6 +472,9 @@ class MemoryHierarchy:
                         self._rotate(oid)
             return devs, None, None
         sizes = self._sizes
+        reads = self.reads
+        for oid, _c in missed:
+            reads[oid] += 1
         sched = self.scheduler
         if sched is not None and len(missed) > 0:
             items = [(oid, sizes[oid], self.live_copies(oid)) for oid, _c in missed]
