@@ -414,7 +414,8 @@ class MemoryHierarchy:
         for d in devs:
             served[d] += 1
         net = self.net
-        if self.fast_path and late is None and prios is None and waits is None and net.idle:
+        if (self.fast_path and late is None and prios is None and waits is None and net.idle
+                and self.faults is None):
             # nothing else moves: the outcome depends only on which devices and sizes, so
             # it is solved once per such mix and reused (relative to the start time)
             key = tuple(sorted(zip(devs, msizes)))

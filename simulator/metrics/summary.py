@@ -320,6 +320,7 @@ def collect(sim: "Simulation") -> RunResult:
             if l.fwd.name in names or l.rev.name in names:
                 link_bytes[ln] += b
                 link_phase[ln][p] += b
+    written[local.name] += float(cut.sum())
     for d in devs:
         read[d.name] += moved_read[d.name]
         written[d.name] += moved_written[d.name]
@@ -346,6 +347,10 @@ def collect(sim: "Simulation") -> RunResult:
     # moves and cut transfers, per device
     for d in devs:
         extra = float(cut[:, d.index].sum()) * d.spec.read_j_per_byte
+        if d.is_local:                      # cut transfers were written here as they came
+            extra += float(cut.sum()) * d.spec.write_j_per_byte
+            e_move_phase[0] += float(cut[0].sum()) * d.spec.write_j_per_byte
+            e_move_phase[1] += float(cut[1].sum()) * d.spec.write_j_per_byte
         for (p, src, dst), b in h.moved.items():
             if src == d.index:
                 extra += b * d.spec.read_j_per_byte
