@@ -37,7 +37,8 @@ def test_conditions_nvme_spill_makes_the_paper_ratio_appear():
     (16, 32 GB of 90.2 GB: the rest on NVMe at 7.88 GB/s) Algorithm 1 beats it by well over the
     paper's 1.8x TPOT and 2.3x TTFT at 16 GB; with ample DRAM (96 GB) offload wins, because
     both reach the GPU over the same 55 GB/s PCIe link and offload has no 5.1 GB/s CXL-C."""
-    pts = {(gb, v): "" for gb in (16, 32, 96) for v in ("moe_cxl", "cpu_offload")}
+    pts = {(gb, v): "" for gb in (16, 32, 96)
+           for v in ("moe_cxl", "moe_cxl_fullcxl", "cpu_offload")}
     s = _summaries("moe_cxl_conditions.yaml", pts, {"workload.max_requests": 2})
     tpot = {k: v["tpot_s.mean"] for k, v in s.items()}
     ttft = {k: v["ttft_s.mean"] for k, v in s.items()}
@@ -48,20 +49,27 @@ def test_conditions_nvme_spill_makes_the_paper_ratio_appear():
     assert tpot[(32, "cpu_offload")] > 1.5 * tpot[(32, "moe_cxl")]
     assert tpot[(96, "cpu_offload")] < tpot[(96, "moe_cxl")]
     assert ttft[(96, "cpu_offload")] < ttft[(96, "moe_cxl")]
+    # with CXL-C left empty (the expanders' own capacities) the spill ratios exceed the paper's
+    assert ttft[(32, "cpu_offload")] > 4 * ttft[(32, "moe_cxl_fullcxl")]
 
 
-def test_vs_offload_cache_not_cxl_is_what_beats_offload():
-    """moe_cxl_vs_offload.yaml: with DRAM holding every expert, no Algorithm 1 variant beats
-    offload with the same 24 GB LRU cache; the file's split (CXL-C full) loses even to offload
-    without a cache; with the expanders' own capacities, moe_cxl beats cache-less offload by
-    about what the cache alone gives offload."""
-    names = ("moe_cxl", "moe_cxl_fullcxl", "cpu_offload", "cpu_offload_lru", "round_robin")
+def test_vs_offload_pinning_and_cache_not_cxl_is_what_beats_offload():
+    """moe_cxl_vs_offload.yaml: the file's split (CXL-C full) loses to offload even without a
+    cache; with the expanders' own capacities Algorithm 1 beats cache-less offload, but offload
+    given the same 13.5 GB of pinned experts and the same LRU cache has the same TTFT (both
+    move the unpinned bytes over the one 55 GB/s link) and a lower TPOT (one expert from DDR5
+    fills the link; from one expander it runs at that expander's 26-52 GB/s)."""
+    names = ("moe_cxl", "moe_cxl_fullcxl", "cpu_offload", "cpu_offload_lru",
+             "cpu_offload_pinned_lru", "round_robin")
     s = _summaries("moe_cxl_vs_offload.yaml", {(n,): "" for n in names},
                    {"workload.max_requests": 2})
     t = {k[0]: v["tpot_s.mean"] for k, v in s.items()}
+    f = {k[0]: v["ttft_s.mean"] for k, v in s.items()}
     assert t["cpu_offload"] < t["moe_cxl"] < t["round_robin"]
+    assert f["cpu_offload"] < f["moe_cxl"]
     assert t["moe_cxl_fullcxl"] < t["cpu_offload"]
-    assert t["cpu_offload_lru"] <= t["moe_cxl_fullcxl"] * 1.05
+    assert t["cpu_offload_pinned_lru"] < t["moe_cxl_fullcxl"]
+    assert abs(f["cpu_offload_pinned_lru"] / f["moe_cxl_fullcxl"] - 1) < 0.01
 
 
 def test_batch_offload_throughput_beats_moe_cxl_with_ample_dram():
