@@ -113,6 +113,9 @@ METRICS: list[tuple[str, str, str]] = [
                                                 "the device / makespan_s"),
     ("load_balance_cv.<tier>", "ratio", "coefficient of variation (std/mean) of bytes read from "
                                         "the tier's devices (tiers with several devices)"),
+    ("balance.cv.<tier>", "ratio", "population std / mean of bytes.read over the tier's devices "
+                                   "(tiers with >= 2 devices; NaN if none was read): 0 = even "
+                                   "load, sqrt(n-1) = one of n devices served all"),
 ]
 
 

@@ -218,6 +218,22 @@ def _stats(prefix: str, values, out: dict) -> None:
     out[f"{prefix}.p99"] = float(np.percentile(arr, 99))
 
 
+# ---------------------------------------------------------------- balance.cv.<tier>
+def balance_cv(read: dict[str, float], tiers: dict) -> dict[str, float]:
+    """``balance.cv.<tier>``: coefficient of variation (population std / mean) of the bytes
+    read from each device of the tier, for tiers with at least two devices; NaN when the
+    tier's devices were not read at all. 0 = perfectly even; sqrt(n - 1) = one of n devices
+    served everything. ``read``: device name -> bytes read; ``tiers``: tier -> devices."""
+    out: dict[str, float] = {}
+    for tier, tdevs in tiers.items():
+        if len(tdevs) < 2:
+            continue
+        b = np.array([read[d.name] for d in tdevs], dtype=np.float64)
+        mean = float(b.mean())
+        out[f"balance.cv.{tier}"] = float(b.std() / mean) if mean > 0 else float("nan")
+    return out
+
+
 def _frame(data) -> "pd.DataFrame":
     import pandas as pd
     return pd.DataFrame(data)
@@ -437,6 +453,7 @@ def collect(sim: "Simulation") -> RunResult:
         if len(tdevs) > 1:
             b = np.array([read[d.name] for d in tdevs])
             s[f"load_balance_cv.{tier}"] = float(b.std() / b.mean()) if b.mean() > 0 else float("nan")
+    s.update(balance_cv(read, sysm.tiers))
 
     # ------------------------------------------------------------ tables
     # Built on first use (RunResult): the engine's records are kept as they are.
