@@ -1,4 +1,4 @@
-"""balance.cv.<tier>: population std / mean of the bytes read from each device of a tier."""
+"""load_balance_cv.<tier>: population std / mean of the bytes read from each device of a tier."""
 from __future__ import annotations
 
 import math
@@ -19,14 +19,14 @@ def test_by_hand():
     # cxl: 1, 1, 1, 5 -> mean 2, population variance (1+1+1+9)/4 = 3 -> cv sqrt(3)/2
     read = {"hbm": 7.0, "c0": 1.0, "c1": 1.0, "c2": 1.0, "c3": 5.0, "p0": 0.0, "p1": 0.0}
     out = balance_cv(read, tiers)
-    assert set(out) == {"balance.cv.cxl", "balance.cv.pair"}        # single-device tiers skipped
-    assert math.isclose(out["balance.cv.cxl"], math.sqrt(3) / 2, rel_tol=1e-12)
-    assert math.isnan(out["balance.cv.pair"])                       # mean 0
+    assert set(out) == {"load_balance_cv.cxl", "load_balance_cv.pair"}        # single-device tiers skipped
+    assert math.isclose(out["load_balance_cv.cxl"], math.sqrt(3) / 2, rel_tol=1e-12)
+    assert math.isnan(out["load_balance_cv.pair"])                       # mean 0
     # one of n devices serves everything: sqrt(n - 1)
     one = balance_cv({"c0": 9.0, "c1": 0.0, "c2": 0.0, "c3": 0.0}, {"cxl": tiers["cxl"]})
-    assert math.isclose(one["balance.cv.cxl"], math.sqrt(3), rel_tol=1e-12)
-    assert balance_cv({"c0": 4.0, "c1": 4.0}, {"t": _devs("c0", "c1")})["balance.cv.t"] == 0.0
-    assert definition_of("balance.cv.cxl")[0] == "balance.cv.<tier>"
+    assert math.isclose(one["load_balance_cv.cxl"], math.sqrt(3), rel_tol=1e-12)
+    assert balance_cv({"c0": 4.0, "c1": 4.0}, {"t": _devs("c0", "c1")})["load_balance_cv.t"] == 0.0
+    assert definition_of("load_balance_cv.cxl")[0] == "load_balance_cv.<tier>"
 
 
 def test_in_a_run_matches_bytes_read():
@@ -37,5 +37,5 @@ def test_in_a_run_matches_bytes_read():
     mean = sum(b) / 4
     std = math.sqrt(sum((x - mean) ** 2 for x in b) / 4)
     assert mean > 0
-    assert math.isclose(s["balance.cv.cxl"], std / mean, rel_tol=1e-12)
-    assert "balance.cv.hbm" not in s and "balance.cv.dram" not in s
+    assert math.isclose(s["load_balance_cv.cxl"], std / mean, rel_tol=1e-12)
+    assert "load_balance_cv.hbm" not in s and "load_balance_cv.dram" not in s

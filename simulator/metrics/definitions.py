@@ -111,11 +111,9 @@ METRICS: list[tuple[str, str, str]] = [
     ("utilization.link.<link>", "fraction", "time with at least one transfer on the link / makespan_s"),
     ("utilization.device.<device>", "fraction", "time with at least one transfer reading or writing "
                                                 "the device / makespan_s"),
-    ("load_balance_cv.<tier>", "ratio", "coefficient of variation (std/mean) of bytes read from "
-                                        "the tier's devices (tiers with several devices)"),
-    ("balance.cv.<tier>", "ratio", "population std / mean of bytes.read over the tier's devices "
-                                   "(tiers with >= 2 devices; NaN if none was read): 0 = even "
-                                   "load, sqrt(n-1) = one of n devices served all"),
+    ("load_balance_cv.<tier>", "ratio", "population std / mean of bytes.read over the tier's "
+                                        "devices (tiers with >= 2 devices; NaN if none was read):"
+                                        " 0 = even load, sqrt(n-1) = one of n devices served all"),
 ]
 
 

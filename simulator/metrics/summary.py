@@ -218,9 +218,9 @@ def _stats(prefix: str, values, out: dict) -> None:
     out[f"{prefix}.p99"] = float(np.percentile(arr, 99))
 
 
-# ---------------------------------------------------------------- balance.cv.<tier>
+# ---------------------------------------------------------------- load_balance_cv.<tier>
 def balance_cv(read: dict[str, float], tiers: dict) -> dict[str, float]:
-    """``balance.cv.<tier>``: coefficient of variation (population std / mean) of the bytes
+    """``load_balance_cv.<tier>``: coefficient of variation (population std / mean) of the bytes
     read from each device of the tier, for tiers with at least two devices; NaN when the
     tier's devices were not read at all. 0 = perfectly even; sqrt(n - 1) = one of n devices
     served everything. ``read``: device name -> bytes read; ``tiers``: tier -> devices."""
@@ -230,7 +230,7 @@ def balance_cv(read: dict[str, float], tiers: dict) -> dict[str, float]:
             continue
         b = np.array([read[d.name] for d in tdevs], dtype=np.float64)
         mean = float(b.mean())
-        out[f"balance.cv.{tier}"] = float(b.std() / mean) if mean > 0 else float("nan")
+        out[f"load_balance_cv.{tier}"] = float(b.std() / mean) if mean > 0 else float("nan")
     return out
 
 
@@ -449,10 +449,6 @@ def collect(sim: "Simulation") -> RunResult:
     for d in devs:
         busy = max(d.read.busy_time, d.write.busy_time)
         s[f"utilization.device.{d.name}"] = busy / makespan if makespan > 0 else float("nan")
-    for tier, tdevs in sysm.tiers.items():
-        if len(tdevs) > 1:
-            b = np.array([read[d.name] for d in tdevs])
-            s[f"load_balance_cv.{tier}"] = float(b.std() / b.mean()) if b.mean() > 0 else float("nan")
     s.update(balance_cv(read, sysm.tiers))
 
     # ------------------------------------------------------------ tables
