@@ -115,6 +115,13 @@ class MemoryHierarchy:
         self._home = self.home.tolist()              # the device the next read goes to
         self._sizes = self.ctx.object_bytes.tolist()
         self._cache_access, self._insert = self.cache.access, self.cache.insert
+        # bytes homed (and held as copies) per device, for capacity checks
+        used = np.bincount(self.home, weights=self.ctx.object_bytes,
+                           minlength=len(self.system.devices)).tolist()
+        for o, c in self._replicas.items():
+            for d in c[1:]:
+                used[d] += self._sizes[o]
+        self._used = used
         # (device, size) when every unpinned object lives on one device and all objects have
         # one size: the miss path then needs no per-object bookkeeping
         unpinned, sizes = self.home[~self.pinned], self.ctx.object_bytes
@@ -148,8 +155,7 @@ class MemoryHierarchy:
         return (int(self.home[oid]),) + (tuple(copies[1:]) if copies else ())
 
     def _used_bytes(self, device: int) -> float:
-        used = float(self.ctx.object_bytes[self.home == device].sum())
-        return used + sum(self._sizes[o] for o, c in self._replicas.items() if device in c[1:])
+        return self._used[device]
 
     def _check_room(self, oid: int, device: int, what: str):
         d = self.system.devices[device]
@@ -414,11 +420,12 @@ class MemoryHierarchy:
         for d in devs:
             served[d] += 1
         net = self.net
-        if (self.fast_path and late is None and prios is None and waits is None and net.idle
+        if (self.fast_path and late is None and waits is None and net.idle
                 and self.faults is None):
-            # nothing else moves: the outcome depends only on which devices and sizes, so
-            # it is solved once per such mix and reused (relative to the start time)
-            key = tuple(sorted(zip(devs, msizes)))
+            # nothing else moves: the outcome depends only on which devices, sizes and issue
+            # priorities, so it is solved once per such mix and reused (relative to the start)
+            pr = prios if prios is not None else [0] * len(devs)
+            key = tuple(sorted(zip(devs, msizes, pr)))
             sol = self._isolated.get(key)
             if sol is not None:
                 self._isolated_uses[key] = self._isolated_uses.get(key, 0) + 1
@@ -431,8 +438,8 @@ class MemoryHierarchy:
             fetched = self.fetched_bytes[phase]
             done = []
             log = self.transfers.add if self.log_events else None
-            for (oid, _c), d, sz in zip(missed, devs, msizes):
-                end = t + rel[d, sz]
+            for (oid, _c), d, sz, q in zip(missed, devs, msizes, pr):
+                end = t + rel[d, sz, q]
                 done.append(end)
                 fetched[d] += sz
                 if log is not None:
@@ -477,6 +484,12 @@ class MemoryHierarchy:
         for oid, _c in missed:
             reads[oid] += 1
         sched = self.scheduler
+        if not self.down and not self._replicas:
+            if sched is None:
+                return [home[oid] for oid, _c in missed], None, None
+            devs, prios = sched.plan(self, [(oid, sizes[oid], (home[oid],))
+                                            for oid, _c in missed], t)
+            return devs, prios, None
         if sched is not None and len(missed) > 0:
             items = [(oid, sizes[oid], self.live_copies(oid)) for oid, _c in missed]
             if all(c for _o, _s, c in items):
@@ -506,6 +519,8 @@ class MemoryHierarchy:
     def _source(self, oid: int, size: float, _queued, t: float) -> tuple[int, float]:
         """(device, wait) for one read of ``oid`` at ``t``: a live copy in turn (replicas
         rotate); with none live, the copy whose device returns first and the wait for it."""
+        if not self.down and oid not in self._replicas:
+            return self._home[oid], 0.0
         live = self.live_copies(oid)
         if live:
             d = self._home[oid]
@@ -565,19 +580,19 @@ class MemoryHierarchy:
             self._demand = None
 
     def _solve_isolated(self, key: tuple):
-        """Run the flows of ``key`` ((device, size) per flow) from time 0 on copies of their
-        resources: each (device, size)'s completion time and what each resource carried."""
+        """Run the flows of ``key`` ((device, size, priority) per flow) from time 0 on copies
+        of their resources: each one's completion time and what each resource carried."""
         shadow: dict = {}
         flows = []
-        for dev, size in key:
+        for dev, size, prio in key:
             res, lat = self.paths[dev]
             path = tuple(shadow.setdefault(r, Resource(r.name, r.capacity)) for r in res)
-            flows.append(Flow(size, path, lat))
+            flows.append(Flow(size, path, lat, None, _INF, prio))
         scratch = FlowNetwork()
         scratch.start(flows, 0.0)
         scratch.run_until_done(flows)
         scratch.close(scratch.t)
-        rel = {(dev, size): f.done_at for (dev, size), f in zip(key, flows)}
+        rel = {k: f.done_at for k, f in zip(key, flows)}
         incr = [(r, s.bytes, s.busy_time) for r, s in shadow.items()]
         sol = (rel, incr)
         if len(self._isolated) < 65536:

@@ -11,7 +11,7 @@ when it falls below ``low`` (``low <= high``), so a load hovering near one thres
 start and stop moves every interval. While on, up to ``max_moves`` experts move per interval
 off the most utilised device, by decreasing w(x) = p(x) s(x) (p = f / EMA of tokens per
 interval: expected reads per token), skipping any that moved less than ``min_residence_s``
-ago. Each goes to the live device c with room where a fetch of it would finish soonest,
+ago (the 16 hottest such are considered). Each goes to the live device c with room where a fetch of it would finish soonest,
 
     E_c(x) = lat_c + (s(x) + W_c) / B_c        (W_c = sum of w(y) over c's other experts,
                                                 per layer with ``load_scope: layer``)
@@ -45,6 +45,9 @@ from ...config.strict import field
 from ...errors import ConfigError
 from ..base import MIGRATION, MigrationPolicy
 from ..placement.tiering import private_bandwidth
+
+
+SCAN = 16     # experts of the hot device considered per move, hottest first
 
 
 @MIGRATION.register("hysteresis")
@@ -166,7 +169,8 @@ class Hysteresis(MigrationPolicy):
             hot = max(live, key=lambda i: util[i])
             src = self.devs[hot]
             on_hot = np.flatnonzero((home == src) & (now - self.moved_at >= p.min_residence_s))
-            on_hot = on_hot[np.argsort(-w[on_hot], kind="stable")]
+            on_hot = on_hot[np.argsort(-w[on_hot], kind="stable")][:SCAN]
+            room = {c: hier.room(self.devs[c]) for c in live if c != hot}
             moved = False
             for oid in on_hot.tolist():
                 if w[oid] <= 0 or oid in hier.moves:
@@ -175,7 +179,7 @@ class Hysteresis(MigrationPolicy):
                 sz = sizes[oid]
                 stay = self.lat[hot] + (sz + W[r, hot] - w[oid]) / self.bw[hot]
                 cost = [(self.lat[c] + (sz + W[r, c]) / self.bw[c], c)
-                        for c in live if c != hot]
+                        for c in room if room[c] >= sz]
                 for go, c in sorted(cost):
                     if go >= stay:                # no better home for it (Algorithm 1)
                         break
