@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from .strict import field
 
 POLICY_AXES = ("placement", "cache", "prefetch", "routing", "warmup", "kv", "scheduler",
-               "migration")
+               "migration", "mixed_precision")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,6 +156,9 @@ class RunConfig:
                                       help="fetch scheduling: which copy a miss reads, in what order")
     migration: dict[str, Any] = field(default_factory=lambda: {"name": "none"},
                                       help="background migration of experts between devices")
+    mixed_precision: dict[str, Any] = field(default_factory=lambda: {"name": "full"},
+                                            help="which copy (precision) of an expert a use "
+                                                 "needs (HOBBIT-style low-bit copies)")
     faults: "FaultsConfig" = field(default_factory=lambda: FaultsConfig(),
                                    help="device failures and returns (default: none)")
     workload: WorkloadConfig = field(default_factory=WorkloadConfig, help="workload")

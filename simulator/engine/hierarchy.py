@@ -149,6 +149,10 @@ class MemoryHierarchy:
         return f"at home ({names[0]})" + (f", copies on {', '.join(names[1:])}"
                                           if len(names) > 1 else "")
 
+    def resident(self, oid: int) -> bool:
+        """Usable without a fetch now: pinned, cached or staged (no cache state update)."""
+        return self._pinned[oid] or oid in self.staged or self.cache.contains(oid)
+
     def replicas(self, oid: int) -> tuple[int, ...]:
         """Devices holding the object outside the local tier: its home first, then copies."""
         copies = self._replicas.get(oid)

@@ -87,6 +87,10 @@ METRICS: list[tuple[str, str, str]] = [
     ("prefetch.accuracy", "fraction", "prefetch.useful / prefetch.issued"),
     ("prefetch.coverage", "fraction", "prefetch.useful / misses (misses that a prefetch served)"),
     ("bytes.prefetched.<phase>", "B", "bytes moved by prefetches issued in that phase"),
+    # mixed precision (policies/mixed_precision)
+    ("precision.low_uses", "count", "token-expert uses run from a low-bit copy"),
+    ("precision.low_fraction", "fraction", "precision.low_uses / token-expert uses looked up "
+     "(0 with mixed_precision: full)"),
     # moves between devices (migration, re-homing after a fault)
     ("migrations", "count", "experts moved between devices by the migration policy"),
     ("bytes.migrated", "B", "bytes of those migrations"),

@@ -438,6 +438,8 @@ def collect(sim: "Simulation") -> RunResult:
     s["prefetch.coverage"] = h.pf_useful / misses if misses else float("nan")
     for p, name in enumerate(PHASE_NAMES):
         s[f"bytes.prefetched.{name}"] = h.pf_bytes[p]
+    # ------------------------------------------------------------ mixed precision
+    s.update(sim.mixed.summary())
     # ------------------------------------------------------------ faults
     from ..engine.faults import fault_report
     s.update(fault_report(sim))

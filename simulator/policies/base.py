@@ -43,10 +43,13 @@ SCHEDULER: Registry[type["SchedulerPolicy"]] = Registry("fetch scheduler",
                                                          "simulator.policies.scheduler")
 MIGRATION: Registry[type["MigrationPolicy"]] = Registry("migration policy",
                                                          "simulator.policies.migration")
+MIXED_PRECISION: Registry[type["MixedPrecisionPolicy"]] = Registry(
+    "mixed-precision policy", "simulator.policies.mixed_precision")
 
 AXES: dict[str, Registry] = {"placement": PLACEMENT, "cache": CACHE, "prefetch": PREFETCH,
                              "routing": ROUTING, "warmup": WARMUP, "kv": KV,
-                             "scheduler": SCHEDULER, "migration": MIGRATION}
+                             "scheduler": SCHEDULER, "migration": MIGRATION,
+                             "mixed_precision": MIXED_PRECISION}
 
 
 class Policy:
@@ -224,3 +227,32 @@ class MigrationPolicy(Policy):
 
     def on_iteration_end(self, phase: int, rows: np.ndarray, now: float) -> None:
         """Observe an iteration that ended at ``now``; start moves if due."""
+
+
+# ---------------------------------------------------------------------------- mixed precision
+class MixedPrecisionPolicy(Policy):
+    """Which copy of an expert a token's use needs, and so at what precision it runs.
+
+    An expert may be stored as several objects (``slices``: e.g. a full-precision copy and a
+    low-bit one); the policy sizes them (``slice_bytes``) and, per MoE layer, picks the
+    objects the tokens look up (``select``), knowing what is resident now. Compute reads the
+    picked objects' bytes (the weights at the precision they are stored in), so a low-bit
+    expert also runs faster. ``full`` (the default) is one object per expert at the model's
+    precision and is never called."""
+
+    active: ClassVar[bool] = False
+    slices: ClassVar[int] = 1
+
+    def slice_bytes(self, expert_bytes: float) -> list[float]:
+        """Bytes of each of an expert's ``slices`` objects (full precision: ``expert_bytes``)."""
+        return [expert_bytes]
+
+    def select(self, phase: int, layer: int, rows: np.ndarray, experts: np.ndarray,
+               hierarchy) -> tuple[list[int], list[int]]:
+        """The objects trace ``rows`` use at ``layer`` given their routed ``experts`` (n, k),
+        as (object ids, token counts); ``hierarchy.resident(oid)`` tells what is resident."""
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, float]:
+        """``precision.*`` metrics (uses at low precision and their share)."""
+        return {"precision.low_uses": 0, "precision.low_fraction": 0.0}
