@@ -11,12 +11,14 @@ Model (``faults:`` in the run config).
   device holds nothing usable: transfers reading it stop and demand fetches and prefetches
   restart at once from another live copy (memory hierarchy ``fail``); copies (replicas) on it
   are dropped. With ``rehome`` each object homed there gets a new home: the live device of
-  its tier with the most room that can take it, copied there from the backing copy in the
-  background, or else the backing copy itself. Until a copy lands, reads go to the backing
+  its tier with room for it where a fetch is fastest (latency + size / private bandwidth),
+  copied there from the backing copy in the background, or else the backing copy itself. Until a copy lands, reads go to the backing
   copy.
 * At its return (``return_at_s`` or ``down_for_s`` later) the device is empty; with ``rehome``
   the objects it lost are moved back to it in the background (a re-homed object's reads use
-  its interim home until the move lands).
+  its interim home until the move lands). ``rehome: false`` models an outage that keeps the
+  device's contents (a port or link down): reads go to the backing copy meanwhile and to the
+  device again from its return, with nothing moved.
 * An object with no live copy (its home and backing copy both down) is **unavailable**: an
   access to it waits for the first of its devices to return, counted in
   ``faults.unavailable_accesses`` and ``faults.unavailable_wait_s``; it is never lost.
@@ -33,6 +35,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigError, SimulationError
+from ..policies.placement.tiering import private_bandwidth
 
 RECOVERY_WINDOW = 8          # decode gaps averaged when testing for recovery
 RECOVERY_TOLERANCE = 0.05    # within 5% of the pre-fault TPOT
@@ -168,16 +171,19 @@ class FaultState:
         if not self.cfg.rehome:
             return
         tier = self.system.devices[dev].tier
-        peers = [d.index for d in self.system.tiers[tier]
-                 if d.index != dev and d.index not in hier.down]
+        tdevs = self.system.tiers[tier]
+        speed = {d.index: (self.system.fetch_path(d)[1], b)
+                 for d, b in zip(tdevs, private_bandwidth(tdevs))}
+        peers = [d.index for d in tdevs if d.index != dev and d.index not in hier.down]
         interim = []
         for oid in homed:
             self.displaced[oid] = dev
             size = hier._sizes[oid]
-            best = max(peers, key=lambda d: hier.room(d), default=None)
-            if best is not None and hier.room(best) >= size:
-                if hier.move(oid, best, t, reason="rehome"):
-                    continue
+            # the live peer with room where a fetch of it is fastest (latency + size / B)
+            fits = [d for d in peers if hier.room(d) >= size]
+            best = min(fits, key=lambda d: (speed[d][0] + size / speed[d][1], d), default=None)
+            if best is not None and hier.move(oid, best, t, reason="rehome"):
+                continue
             interim.append(oid)
         if interim:
             hier.adopt_backing(interim)
