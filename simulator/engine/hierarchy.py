@@ -5,7 +5,8 @@ An object (an expert, or one slice of it: policies/base.py) is, at any instant, 
 
     pinned      on the local device for the whole run (placement put it there);
     cached      in the local expert cache (the cache policy decides what stays);
-    staged      a prefetch that landed in the staging buffer and was not used yet;
+    staged      a prefetch that landed in the staging buffer and was not used yet (released
+                when its layer's lookups pass without it);
     in flight   a prefetch still moving;
     at home     only on its home device (placement's choice; ``rehome`` moves it), and on
                 any replica devices (``add_replica``): an object with copies is read from
@@ -71,6 +72,8 @@ class MemoryHierarchy:
         self.prefetching = prefetcher is not None
         self.inflight: dict[int, Flow] = {}      # object -> its prefetch flow, until it lands
         self.staged: dict[int, int] = {}         # landed prefetches, not used yet -> source
+        self._released: set = set()              # prefetch flows released before landing
+        self._per_layer = ctx.num_experts * ctx.slices_per_expert
         self._replicas: dict[int, list[int]] = {}  # object -> its copies (home first)
         self.staged_bytes = self.pf_peak_buffer = 0.0
         self.pf_issued = self.pf_useful = self.pf_late = 0
@@ -274,6 +277,8 @@ class MemoryHierarchy:
         self.advance_to(t)
         res_u, res_a, rest = self._hits(phase, layer, oids, counts)
         if rest is None:
+            if self.staged or self.inflight:
+                self._release(layer, oids)
             self.prefetch(phase, self._ahead(phase, layer, rows), t)
             return res_u, res_a, None, None
         inflight, staged = self.inflight, self.staged
@@ -299,6 +304,8 @@ class MemoryHierarchy:
             else:
                 missed.append((oid, c))
             admit(oid, sizes[oid])
+        if staged or inflight:
+            self._release(layer, oids)
         self.prefetch(phase, self._ahead(phase, layer, rows), t)
         if not missed:
             if not late:
@@ -309,6 +316,25 @@ class MemoryHierarchy:
             return res_u, res_a, [f.done_at for f in flows], late
         arrivals = self._fetch_general(phase, missed, late or None, t, True)
         return res_u, res_a, arrivals, missed + late
+
+    def _release(self, layer: int, oids) -> None:
+        """The layer's lookups are done: prefetches of its objects that it did not use are
+        released (a staged one leaves the buffer, one still moving will not be staged), as
+        Pre-gated MoE and AdapMoE free a mispredicted expert's buffer. The buffer so holds
+        only guesses for layers still to come."""
+        per = self._per_layer
+        looked = None
+        for oid in [o for o in self.staged if o // per == layer]:
+            if looked is None:
+                looked = set(oids)
+            if oid not in looked:
+                del self.staged[oid]
+                self.staged_bytes -= self._sizes[oid]
+        for oid in [o for o in self.inflight if o // per == layer]:
+            if looked is None:
+                looked = set(oids)
+            if oid not in looked:
+                self._released.add(self.inflight.pop(oid))
 
     def _admit(self, oid: int, size: float) -> bool:
         """Insert ``oid`` into the cache, counting insertions and evictions. False if the
@@ -752,6 +778,9 @@ class MemoryHierarchy:
         self.fetched_bytes[phase][dev] += f.size
         if self.log_events:
             self.transfers.add(f.start_at, f.done_at, f.size, 1, dev, phase, purpose, (oid,))
+        if purpose == PREFETCH and self._released and f in self._released:
+            self._released.discard(f)            # released before it landed: not staged
+            return
         if purpose == PREFETCH and self.inflight.get(oid) is f:
             # a prefetched expert lands in the staging buffer; it enters the cache on first
             # use, as a demand fetch would have. (A late prefetch, one a lookup already waited
