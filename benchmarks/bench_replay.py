@@ -229,6 +229,10 @@ CXL8_SET = [
     "system.links={pcie: {profile: pcie5_x16}, " + ", ".join(
         f"port_{i}: {{profile: {lk}}}" for i, (_, lk) in enumerate(_CXL8)) + "}",
 ]
+# the MoE-CXL system as a user runs it: Algorithm 1 placement (moe_cxl.yaml), CXL-aware fetch
+# scheduling, a predictive prefetcher and background migration with hysteresis
+MOE_CXL_SET = ["scheduler.name=cxl_aware", "prefetch={name: oracle_next_layer}",
+               "migration.name=hysteresis"]
 # name -> (label, experiment file, extra --set items)
 CASES = {
     "plain_lru": ("decode b1, LRU, DDR5 over PCIe (default.yaml)", "default.yaml", []),
@@ -241,6 +245,8 @@ CASES = {
                    ["prefetch={name: transition}"]),
     "moe_infinity": ("+ moe_infinity prefetch (online, gated)", "default.yaml",
                      ["prefetch={name: moe_infinity}"]),
+    "moe_cxl": ("MoE-CXL: 4 CXL + DRAM + NVMe, Algorithm 1, cxl_aware, prefetch, migration",
+                "moe_cxl.yaml", MOE_CXL_SET),
     "bare_lru": ("bare LRU class replay of plain_lru's lookups", "default.yaml", []),
 }
 SIM_CASES = [c for c in CASES if c != "bare_lru"]
@@ -531,7 +537,7 @@ def check_targets(rows: dict, startup, rss) -> list[dict]:
         v = 1.0 / p["slowdown_vs_bare"]
         add("plain LRU >= 0.4 x bare LRU replay (throughput)", v, TARGETS["plain_vs_bare"],
             v >= TARGETS["plain_vs_bare"])
-    for c in ("prefetch", "cxl4", "cxl8", "cxl8_prefetch"):
+    for c in ("prefetch", "cxl4", "cxl8", "cxl8_prefetch", "moe_cxl"):
         if c in rows:
             v = rows[c]["slowdown_vs_plain"]
             add(f"{c} time/access within 3x plain LRU", v, TARGETS["slowdown_prefetch_cxl"],

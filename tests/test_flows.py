@@ -552,3 +552,38 @@ def test_promoting_a_lone_background_flow_relabels_its_group():
     b2 = Flow(1.0, (r,), 0.0, priority=1)            # the background label is free again
     net.start([b2], 5.0)
     assert b2._group.prio == 1 and b2._group is not g
+
+
+def test_cancelled_flow_frees_its_share_and_keeps_the_bytes_it_moved():
+    """A and B (10 B each) share a 10 B/s link from 0; A is cancelled at 1.0 (5 B moved each):
+    B then has the link alone and ends at 1.5; the link carried 5 + 10 = 15 B; A never
+    completes and is not reported."""
+    net = FlowNetwork()
+    link = Resource("l", 10.0)
+    log = []
+    net.on_complete = lambda f: log.append(f.tag)
+    a, b = Flow(10, (link,), 0.0, tag="a"), Flow(10, (link,), 0.0, tag="b")
+    net.start([a, b], 0.0)
+    net.cancel([a], 1.0)
+    assert net.rate(b) == pytest.approx(10.0) and net.remaining(a) == 0.0
+    net.run_until_done([b])
+    assert b.done_at == pytest.approx(1.5) and math.isnan(a.done_at) and log == ["b"]
+    net.close(2.0)
+    assert link.bytes == pytest.approx(15.0) and link.busy_time == pytest.approx(1.5)
+
+
+def test_cancel_in_the_latency_phase_and_of_a_finished_flow():
+    """A flow cancelled before it activates moves nothing; cancelling a finished one is a
+    no-op; the network goes idle."""
+    net = FlowNetwork()
+    link = Resource("l", 10.0)
+    a = Flow(10, (link,), 1.0)
+    c = Flow(10, (link,), 0.0)
+    net.start([a], 0.0)
+    net.start([c], 0.0)
+    net.cancel([a], 0.5)
+    net.run_until_done([c])
+    net.cancel([c], 2.0)
+    assert c.done_at == pytest.approx(1.0) and math.isnan(a.done_at) and net.idle
+    net.close(2.0)
+    assert link.bytes == pytest.approx(10.0)

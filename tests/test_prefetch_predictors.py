@@ -344,20 +344,23 @@ def _observed_run(sets):
 @pytest.mark.parametrize("name", PREDICTORS)
 def test_reported_accuracy_equals_an_independent_count(name):
     """Replays the lookup stream through a plain LRU of the cache's size and applies the
-    hierarchy's rule (a requested object is fetched unless cached, or already prefetched and
-    not looked up since) to the prefetcher's requests: issued, useful (looked up by a later
-    group: staged objects stay until used), late (that lookup came before the transfer's
-    end in the transfer table) must equal the reported counts, and every prefetch row of
-    the transfer table must be one of the issues."""
+    hierarchy's rules to the prefetcher's requests: a requested object is fetched unless
+    cached or already prefetched (pending); a pending object is useful if the next lookup
+    group of its layer looks it up, and released (no longer pending, wasted) if that group
+    passes without it. issued, useful, late (the using lookup came before the transfer's end
+    in the transfer table) and accuracy must equal the reported counts, and every prefetch
+    row of the transfer table must be one of the issues."""
     from collections import OrderedDict
     res, groups, asked, sim = _observed_run([f"prefetch.name={name}"])
     s = res.summary
     assert len(asked) == len(groups) and s["prefetch.issued"] > 0
     size = float(sim.ctx.object_bytes[0])
     cap = int(s["cache.capacity_bytes"] // size)
+    per_layer = sim.ctx.num_experts * sim.ctx.slices_per_expert
     lru: OrderedDict[int, None] = OrderedDict()
-    pending: dict[int, int] = {}                  # prefetched, not looked up yet -> issue index
-    issues = []                                   # (time, oid, index of the using group or None)
+    pending: dict[int, int] = {}                  # prefetched, layer not passed -> issue index
+    issues = []                                   # [time, oid, index of the using group]
+    released = 0
     for g, ((t, oids), req) in enumerate(zip(groups, asked)):
         rest = []
         for o in oids:                            # hits first, for the whole group
@@ -371,11 +374,16 @@ def test_reported_accuracy_equals_an_independent_count(name):
             lru[o] = None
             while len(lru) > cap:
                 lru.popitem(last=False)
+        layer = oids[0] // per_layer
+        for o in [o for o in pending if o // per_layer == layer]:
+            del pending[o]                        # its layer passed without it
+            released += 1
         for o in req:
             if o not in lru and o not in pending:
                 pending[o] = len(issues)
                 issues.append([t, o, None])
     useful = [x for x in issues if x[2] is not None]
+    assert released > 0                           # the rule is exercised
     assert len(issues) == s["prefetch.issued"]
     assert len(useful) == s["prefetch.useful"]
     assert s["prefetch.accuracy"] == len(useful) / len(issues)
@@ -385,7 +393,7 @@ def test_reported_accuracy_equals_an_independent_count(name):
     ends = {(float(a), int(o)): float(b) for a, b, o in zip(pf["start_s"], pf["end_s"], pf["object_id"])}
     assert len(ends) == len(pf)
     assert set(ends) <= {(x[0], x[1]) for x in issues}
-    # (a prefetch never looked up may still be moving at the end: the table has no row for it)
+    # (a prefetch released or unused may still be moving at the end: no row for it)
     late = 0
     for t, o, g in useful:
         late += groups[g][0] < ends[(t, o)]

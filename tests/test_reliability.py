@@ -223,9 +223,6 @@ CASES = [
     ("link on no path", lambda t, m: (["run", config(t, "system:\n  links:\n    nv: {profile: nvlink4}\n")],
                                       ["bad.yaml", "system.links.nv"])),
     # --- keys that do nothing, duplicate keys, a missing profile folder
-    ("reverse bandwidth override", lambda t, m: (
-        ["run", "--set", "system.links.pcie.reverse_bw_gbytes_per_s=10"],
-        ["--set", "system.links.pcie.reverse_bw_gbytes_per_s"])),
     ("rate_per_s on closed_loop", lambda t, m: (["run", config(t, (
         "workload:\n  arrivals: {process: closed_loop, rate_per_s: 5}\n"))],
         ["bad.yaml", "workload.arrivals.rate_per_s", "closed_loop"])),

@@ -85,7 +85,7 @@ def test_generation_holds_at_most_one_window_in_memory(monkeypatch):
     assert [(w0, w1) for w0, w1, ex, *_ in blocks if ex.size > 4000] == [(20, 21)]
 
 
-@pytest.mark.parametrize("name", ["default", "deepseek_v2_lite_small"])
+@pytest.mark.parametrize("name", ["default", "deepseek_v2_lite_small", "mixtral_batch32"])
 def test_bundled_traces_regenerate_from_documented_command(tmp_path, name):
     readme = (bundled_dir("traces") / "README.md").read_text()
     block = readme.split("```")[1].replace("\\\n", " ")

@@ -13,7 +13,8 @@ from typing import Any, Optional
 from ..errors import ConfigError
 from .strict import field
 
-POLICY_AXES = ("placement", "cache", "prefetch", "routing", "warmup", "kv")
+POLICY_AXES = ("placement", "cache", "prefetch", "routing", "warmup", "kv", "scheduler",
+               "migration", "mixed_precision")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +99,43 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FaultEvent:
+    device: str = field(help="device name (as in the summary: 'cxl.2', 'dram')")
+    fail_at_s: Optional[float] = field(None, min=0.0, help="failure time, s of simulated time")
+    fail_at_request: Optional[int] = field(None, min=0, help="fail when the k-th request "
+                                           "(0-based, in admission order) is admitted")
+    return_at_s: Optional[float] = field(None, min=0.0, help="return time, s (after fail_at_s)")
+    down_for_s: Optional[float] = field(None, min=0.0, help="outage length, s (instead of "
+                                        "return_at_s)")
+
+    def __post_init__(self) -> None:
+        if (self.fail_at_s is None) == (self.fail_at_request is None):
+            raise ConfigError("give exactly one of fail_at_s and fail_at_request", key="fail_at_s")
+        if (self.return_at_s is None) == (self.down_for_s is None):
+            raise ConfigError("give exactly one of return_at_s and down_for_s (a device that "
+                              "never returns would leave its experts' accesses waiting forever "
+                              "once their other copies fail)", key="return_at_s")
+        if self.down_for_s is not None and not self.down_for_s > 0:
+            raise ConfigError(f"must be > 0, got {self.down_for_s:g}", key="down_for_s")
+        if self.return_at_s is not None:
+            if self.fail_at_s is None:
+                raise ConfigError("with fail_at_request, give down_for_s (the failure time is "
+                                  "known only when the run gets there)", key="return_at_s")
+            if not self.return_at_s > self.fail_at_s:
+                raise ConfigError(f"return_at_s {self.return_at_s:g} must be after fail_at_s "
+                                  f"{self.fail_at_s:g}", key="return_at_s")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultsConfig:
+    events: list[FaultEvent] = field(default_factory=list, help="failures, each with its return")
+    backing_tier: Optional[str] = field(None, help="tier holding a backing copy of every "
+                                        "expert (default: the last tier); needed with events")
+    rehome: bool = field(True, help="move a failed device's experts to live devices of its "
+                                    "tier (from the backing copy), and back on its return")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     name: str = field("run", help="name of the run, copied into every result row")
     seed: int = field(0, min=0, help="seed of every random choice in the run")
@@ -114,6 +152,15 @@ class RunConfig:
     warmup: dict[str, Any] = field(default_factory=lambda: {"name": "empty"},
                                    help="initial cache state policy")
     kv: dict[str, Any] = field(default_factory=lambda: {"name": "local"}, help="KV-cache policy")
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "fair"},
+                                      help="fetch scheduling: which copy a miss reads, in what order")
+    migration: dict[str, Any] = field(default_factory=lambda: {"name": "none"},
+                                      help="background migration of experts between devices")
+    mixed_precision: dict[str, Any] = field(default_factory=lambda: {"name": "full"},
+                                            help="which copy (precision) of an expert a use "
+                                                 "needs (HOBBIT-style low-bit copies)")
+    faults: "FaultsConfig" = field(default_factory=lambda: FaultsConfig(),
+                                   help="device failures and returns (default: none)")
     workload: WorkloadConfig = field(default_factory=WorkloadConfig, help="workload")
     output: OutputConfig = field(default_factory=OutputConfig, help="output")
 

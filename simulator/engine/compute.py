@@ -20,6 +20,9 @@ of a layer's shared experts, c_j = context of token j (its position + 1):
 * LM head, once per iteration for the ``o`` tokens that emit logits:
   ``max(2·h·V·o / F, h·V·P / B)``.
 
+With mixed precision (policies/mixed_precision), an expert's weight bytes ``Pe·P`` become the
+bytes of the copy it runs from (``moe_weights``, ``expert_weights``); FLOPs are unchanged.
+
 FLOPs and bytes read from local memory are accumulated for the energy model.
 """
 from __future__ import annotations
@@ -98,6 +101,22 @@ class ComputeModel:
         self.flops[phase] += fl
         self.local_bytes[phase] += by
         return max(fl / self.F, by / self.B)
+
+    def moe_weights(self, n: int, assignments: float, weight_bytes: float, phase: int) -> float:
+        """``moe`` when the resident experts' weights are stored at several precisions:
+        ``weight_bytes`` is what the grouped kernel reads of them (accumulates)."""
+        fl = 2.0 * self.Pe * assignments + 2.0 * self.moe_fixed_params * n
+        by = weight_bytes + self.moe_fixed_params * self.P
+        self.flops[phase] += fl
+        self.local_bytes[phase] += by
+        return max(fl / self.F, by / self.B)
+
+    def expert_weights(self, assignments: float, weight_bytes: float, phase: int) -> float:
+        """``expert`` for a late expert whose stored copy has ``weight_bytes`` (accumulates)."""
+        fl = 2.0 * self.Pe * assignments
+        self.flops[phase] += fl
+        self.local_bytes[phase] += weight_bytes
+        return max(fl / self.F, weight_bytes / self.B)
 
     def moe_unit_times(self, n: int, umax: int) -> list[float]:
         """``moe(n, u, u)`` for u = 0..umax without accounting: the MoE block's time when each

@@ -30,6 +30,8 @@ class SimContext:
     source: str | None = None
     object_bytes: np.ndarray = field(init=False)
     pinned: np.ndarray | None = None      # set by the engine after placement
+    hierarchy: object = None              # the MemoryHierarchy, set by the engine (dynamic
+    #                                       policies read and move state through it)
     _stream_factory: Callable[["SimContext"], np.ndarray] | None = None
     _stream: np.ndarray | None = None
 

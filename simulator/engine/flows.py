@@ -6,7 +6,7 @@ A flow first waits out the sum of the path's latencies, during which it uses no 
 then it moves bytes at a rate given by **max-min fairness** (progressive filling) over all
 flows active at that instant: a resource of capacity C shared by n flows that are not
 bottlenecked elsewhere gives each C/n, and rates are recomputed whenever a flow activates,
-ends or is promoted. A flow may carry its own rate ``cap``.
+ends, is promoted or is cancelled. A flow may carry its own rate ``cap``.
 
 Background flows (prefetches; ``priority`` > 0) get only what demand flows leave: **strict
 priority between classes** (0 first), max-min fairness within a class, so they never slow a
@@ -91,7 +91,7 @@ class Flow:
     """One transfer. ``done_at`` is set (from nan) when its last byte arrives."""
 
     __slots__ = ("size", "path", "latency", "tag", "cap", "priority", "start_at",
-                 "activate_at", "done_at", "rate", "_group", "_vtag", "_entry")
+                 "activate_at", "done_at", "rate", "_group", "_vtag", "_entry", "cancelled")
 
     def __init__(self, size: float, path: tuple[Resource, ...], latency: float, tag=None,
                  cap: float = _INF, priority: int = 0):
@@ -108,6 +108,7 @@ class Flow:
         self.start_at = math.nan
         self.activate_at = math.nan
         self.done_at = math.nan
+        self.cancelled = False       # stopped by FlowNetwork.cancel (never completes)
         self._group = None           # _Group while active; then also _vtag (its finish tag in
         #                              the group's clock) and _entry (its heap entry) are set.
         #                              ``rate`` is set by max_min_rates only (see
@@ -237,7 +238,7 @@ class FlowNetwork:
         """Bytes ``f`` still has to move at time ``t`` (its size before it activates)."""
         g = f._group
         if g is None:
-            return 0.0 if f.done_at == f.done_at else f.size
+            return 0.0 if f.done_at == f.done_at or f.cancelled else f.size
         return max(0.0, f._vtag - g.V - g.rate * (self.t - self._ts))
 
     def rate(self, f: Flow) -> float:
@@ -379,6 +380,38 @@ class FlowNetwork:
             f._entry = e = [vt, self._seq, [f], 1]
             _heappush(ng.heap, e)
         if moved:
+            self._recompute(self._ts)
+
+    def cancel(self, flows, at: float) -> None:
+        """Advance to ``at`` and stop the unfinished flows of ``flows`` there (their source
+        failed). Bytes they moved so far stay counted on their resources; a cancelled flow
+        never completes (``done_at`` stays nan) and is not reported to ``on_complete``."""
+        self.advance_to(at)
+        changed = False
+        for f in flows:
+            if f.done_at == f.done_at or f.cancelled:
+                continue
+            f.cancelled = True
+            g = f._group
+            if g is None:                        # still in its latency phase
+                for b in self._pend:
+                    if f in b[5]:
+                        b[5].remove(f)
+                        if not b[5]:
+                            self._pend.remove(b)
+                            heapq.heapify(self._pend)
+                        changed = True
+                        break
+                continue
+            if not changed:
+                self._settle(self.t)
+            changed = True
+            f._entry[3] -= 1
+            f._group = None
+            g.n -= 1
+            if not g.n:
+                self._drop(g, self._ts)
+        if changed:
             self._recompute(self._ts)
 
     # ------------------------------------------------------------------ internals

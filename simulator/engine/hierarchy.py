@@ -5,7 +5,8 @@ An object (an expert, or one slice of it: policies/base.py) is, at any instant, 
 
     pinned      on the local device for the whole run (placement put it there);
     cached      in the local expert cache (the cache policy decides what stays);
-    staged      a prefetch that landed in the staging buffer and was not used yet;
+    staged      a prefetch that landed in the staging buffer and was not used yet (released
+                when its layer's lookups pass without it);
     in flight   a prefetch still moving;
     at home     only on its home device (placement's choice; ``rehome`` moves it), and on
                 any replica devices (``add_replica``): an object with copies is read from
@@ -36,12 +37,18 @@ from ..hardware.system import System
 from .flows import Flow, FlowNetwork, Resource
 from .transfer_log import TransferLog
 
-DEMAND, PREFETCH = 0, 1
+DEMAND, PREFETCH, MIGRATE = 0, 1, 2
+MIGRATE_PRIORITY = 2          # below prefetches: migrations use what demand and prefetch leave
+
+
+def _no_prefetch(phase, layer, rows):
+    return ()
 
 
 class MemoryHierarchy:
     def __init__(self, ctx, system: System, home: np.ndarray, cache, prefetcher=None, *,
-                 log_events: bool, fast_path: bool = True):
+                 log_events: bool, fast_path: bool = True, scheduler=None,
+                 dynamic: bool = False):
         self.ctx, self.system, self.cache = ctx, system, cache
         self.home = home                                   # device index per object
         self.pinned = home == system.local.index
@@ -65,14 +72,37 @@ class MemoryHierarchy:
         self.prefetching = prefetcher is not None
         self.inflight: dict[int, Flow] = {}      # object -> its prefetch flow, until it lands
         self.staged: dict[int, int] = {}         # landed prefetches, not used yet -> source
+        self._released: set = set()              # prefetch flows released before landing
+        self._per_layer = ctx.num_experts * ctx.slices_per_expert
         self._replicas: dict[int, list[int]] = {}  # object -> its copies (home first)
         self.staged_bytes = self.pf_peak_buffer = 0.0
         self.pf_issued = self.pf_useful = self.pf_late = 0
         self.pf_bytes = [0.0, 0.0]
         self.pf_useful_bytes = self.pf_late_bytes = 0.0
         self.prefetcher = prefetcher
-        self._ahead = prefetcher.on_layer_start if prefetcher is not None else None
-        self.access = self._access_prefetching if prefetcher is not None else self._access
+        self._ahead = prefetcher.on_layer_start if prefetcher is not None else _no_prefetch
+        # general state (any of these set: every fetch plans its sources, see _plan)
+        self.scheduler = scheduler               # chooses copies and issue order, or None
+        self.dynamic = dynamic                   # migration or faults change homes mid-run
+        self.down: set[int] = set()              # failed devices
+        self.backing: np.ndarray | None = None   # device of each object's backing copy
+        self.faults = None                       # engine/faults.py FaultState, or None
+        self.moves: dict[int, tuple] = {}        # object -> (flow, dst, as_replica, reason)
+        self._reserved = [0.0] * nd              # bytes of moves under way, per destination
+        self.moved: dict[tuple, float] = {}      # (phase, src, dst) -> bytes of finished moves
+        self.move_log: list[tuple] = []          # (start, end, oid, src, dst, reason)
+        self.move_counts = {"migrate": 0, "rehome": 0, "return": 0, "replica": 0}
+        self.move_bytes = {"migrate": 0.0, "rehome": 0.0, "return": 0.0, "replica": 0.0}
+        self.unavailable = 0                     # lookups that found no live copy (waited)
+        self.unavailable_wait = 0.0              # seconds they waited for a recovery
+        self.restarted = 0                       # transfers restarted from another source
+        self.cut_bytes = [[0.0] * nd, [0.0] * nd]  # bytes fetched before a failure cut them
+        self._demand: list | None = None         # the demand flows of the fetch under way
+        self._phase = 0                          # phase of the last lookup (moves count in it)
+        self.reads = [0] * ctx.num_objects       # reads of each object from a device (kept
+        #                                          when sources are planned: dynamic runs)
+        self.access = (self._access_prefetching if prefetcher is not None or dynamic
+                       else self._access)
         # fetch shortcuts: the one-device closed form (set by _refresh) and reused outcomes of
         # isolated multi-device fetches, each settled onto the resources at the end
         self._uniform = None
@@ -88,11 +118,19 @@ class MemoryHierarchy:
         self._home = self.home.tolist()              # the device the next read goes to
         self._sizes = self.ctx.object_bytes.tolist()
         self._cache_access, self._insert = self.cache.access, self.cache.insert
+        # bytes homed (and held as copies) per device, for capacity checks
+        used = np.bincount(self.home, weights=self.ctx.object_bytes,
+                           minlength=len(self.system.devices)).tolist()
+        for o, c in self._replicas.items():
+            for d in c[1:]:
+                used[d] += self._sizes[o]
+        self._used = used
         # (device, size) when every unpinned object lives on one device and all objects have
         # one size: the miss path then needs no per-object bookkeeping
         unpinned, sizes = self.home[~self.pinned], self.ctx.object_bytes
         self._uniform = None
-        if (self.fast_path and not self.prefetching and unpinned.size and not self._replicas
+        self._plain = (self.scheduler is None and not self.dynamic and not self._replicas)
+        if (self.fast_path and not self.prefetching and unpinned.size and self._plain
                 and (unpinned == unpinned[0]).all() and (sizes == sizes[0]).all()):
             self._uniform = (int(unpinned[0]), float(sizes[0]))
             res, self._uni_lat = self.paths[self._uniform[0]]
@@ -114,14 +152,17 @@ class MemoryHierarchy:
         return f"at home ({names[0]})" + (f", copies on {', '.join(names[1:])}"
                                           if len(names) > 1 else "")
 
+    def resident(self, oid: int) -> bool:
+        """Usable without a fetch now: pinned, cached or staged (no cache state update)."""
+        return self._pinned[oid] or oid in self.staged or self.cache.contains(oid)
+
     def replicas(self, oid: int) -> tuple[int, ...]:
         """Devices holding the object outside the local tier: its home first, then copies."""
         copies = self._replicas.get(oid)
         return (int(self.home[oid]),) + (tuple(copies[1:]) if copies else ())
 
     def _used_bytes(self, device: int) -> float:
-        used = float(self.ctx.object_bytes[self.home == device].sum())
-        return used + sum(self._sizes[o] for o, c in self._replicas.items() if device in c[1:])
+        return self._used[device]
 
     def _check_room(self, oid: int, device: int, what: str):
         d = self.system.devices[device]
@@ -236,10 +277,13 @@ class MemoryHierarchy:
         self.advance_to(t)
         res_u, res_a, rest = self._hits(phase, layer, oids, counts)
         if rest is None:
+            if self.staged or self.inflight:
+                self._release(layer, oids)
             self.prefetch(phase, self._ahead(phase, layer, rows), t)
             return res_u, res_a, None, None
         inflight, staged = self.inflight, self.staged
-        sizes, home, served, admit = self._sizes, self._home, self.served[phase], self._admit
+        sizes, served, admit = self._sizes, self.served[phase], self._admit
+        self._phase = phase
         missed, late = [], []
         for oid, c in rest:
             if oid in staged:
@@ -259,18 +303,38 @@ class MemoryHierarchy:
                 self.pf_late_bytes += f.size
             else:
                 missed.append((oid, c))
-                served[home[oid]] += 1
             admit(oid, sizes[oid])
+        if staged or inflight:
+            self._release(layer, oids)
         self.prefetch(phase, self._ahead(phase, layer, rows), t)
         if not missed:
             if not late:
                 return res_u, res_a, None, None
             flows = [f for _o, _c, f in late]       # only late prefetches: wait for them
             net.promote(flows, t)
-            net.run_until_done(flows)
+            self._run(flows)
             return res_u, res_a, [f.done_at for f in flows], late
         arrivals = self._fetch_general(phase, missed, late or None, t, True)
         return res_u, res_a, arrivals, missed + late
+
+    def _release(self, layer: int, oids) -> None:
+        """The layer's lookups are done: prefetches of its objects that it did not use are
+        released (a staged one leaves the buffer, one still moving will not be staged), as
+        Pre-gated MoE and AdapMoE free a mispredicted expert's buffer. The buffer so holds
+        only guesses for layers still to come."""
+        per = self._per_layer
+        looked = None
+        for oid in [o for o in self.staged if o // per == layer]:
+            if looked is None:
+                looked = set(oids)
+            if oid not in looked:
+                del self.staged[oid]
+                self.staged_bytes -= self._sizes[oid]
+        for oid in [o for o in self.inflight if o // per == layer]:
+            if looked is None:
+                looked = set(oids)
+            if oid not in looked:
+                self._released.add(self.inflight.pop(oid))
 
     def _admit(self, oid: int, size: float) -> bool:
         """Insert ``oid`` into the cache, counting insertions and evictions. False if the
@@ -289,6 +353,12 @@ class MemoryHierarchy:
     def advance_to(self, t: float) -> None:
         """Let background transfers due by ``t`` land (cheap when none is)."""
         net = self.net
+        faults = self.faults
+        if faults is not None:
+            while faults.next_time <= t:              # failures and returns due first
+                tf = faults.next_time
+                net.advance_to(tf)
+                faults.apply_due(self, tf)
         if net.next_change() <= t:
             net.advance_to(t)
 
@@ -299,11 +369,18 @@ class MemoryHierarchy:
         pinned, contains, home, sizes = self._pinned, self.cache.contains, self._home, self._sizes
         inflight, staged, paths = self.inflight, self.staged, self.paths
         replicated = self._replicas
+        plain = self._plain
         flows = None
         for oid in oids:
             if pinned[oid] or oid in inflight or oid in staged or contains(oid):
                 continue
-            dev = home[oid]
+            if plain:
+                dev = home[oid]
+            else:
+                dev, wait = self._source(oid, sizes[oid], None, t)
+                if wait:                      # no live copy: not worth a prefetch
+                    continue
+                self.reads[oid] += 1
             size = sizes[oid]
             f = Flow(size, *paths[dev], (oid, dev, phase, PREFETCH), _INF, 1)
             if flows is None:
@@ -311,7 +388,7 @@ class MemoryHierarchy:
             else:
                 flows.append(f)
             inflight[oid] = f
-            if replicated and oid in replicated:
+            if plain and replicated and oid in replicated:
                 self._rotate(oid)
             self.pf_issued += 1
             self.pf_bytes[phase] += size
@@ -359,28 +436,26 @@ class MemoryHierarchy:
                 r.busy_time += self._uni_busy
         self._uni_bytes = self._uni_busy = 0.0
 
-    def _fetch_general(self, phase: int, missed, late, t: float, counted: bool):
-        """Any fetch: ``counted`` when the lookup already admitted the misses to the cache
-        and counted them as served by their devices."""
-        home, sizes, paths = self._home, self._sizes, self.paths
+    def _fetch_general(self, phase: int, missed, late, t: float, admitted: bool):
+        """Any fetch of ``missed`` [(oid, count)] at ``t``, waiting also for ``late``
+        prefetches [(oid, count, flow)]. ``admitted``: the lookup already admitted the misses
+        to the cache. Returns the arrival times (misses, then late ones)."""
+        sizes, paths = self._sizes, self.paths
         served = self.served[phase]
-        devs, msizes = [], []
-        for oid, _c in missed:
-            dev = home[oid]
-            if not counted:
-                served[dev] += 1
-                self._admit(oid, sizes[oid])
-            devs.append(dev)
-            msizes.append(sizes[oid])
-        if self._replicas:
+        if not admitted:
             for oid, _c in missed:
-                if oid in self._replicas:
-                    self._rotate(oid)
+                self._admit(oid, sizes[oid])
+        devs, prios, waits = self._plan(missed, t)
+        msizes = [sizes[oid] for oid, _c in missed]
+        for d in devs:
+            served[d] += 1
         net = self.net
-        if self.fast_path and late is None and net.idle:
-            # nothing else moves: the outcome depends only on which devices and sizes, so
-            # it is solved once per such mix and reused (relative to the start time)
-            key = tuple(sorted(zip(devs, msizes)))
+        if (self.fast_path and late is None and waits is None and net.idle
+                and self.faults is None):
+            # nothing else moves: the outcome depends only on which devices, sizes and issue
+            # priorities, so it is solved once per such mix and reused (relative to the start)
+            pr = prios if prios is not None else [0] * len(devs)
+            key = tuple(sorted(zip(devs, msizes, pr)))
             sol = self._isolated.get(key)
             if sol is not None:
                 self._isolated_uses[key] = self._isolated_uses.get(key, 0) + 1
@@ -393,38 +468,161 @@ class MemoryHierarchy:
             fetched = self.fetched_bytes[phase]
             done = []
             log = self.transfers.add if self.log_events else None
-            for (oid, _c), d, sz in zip(missed, devs, msizes):
-                end = t + rel[d, sz]
+            for (oid, _c), d, sz, q in zip(missed, devs, msizes, pr):
+                end = t + rel[d, sz, q]
                 done.append(end)
                 fetched[d] += sz
                 if log is not None:
                     log(t, end, sz, 1, d, phase, DEMAND, (oid,))
             return done
-        flows = [Flow(size, *paths[dev], tag=(oid, dev, phase, DEMAND))
-                 for (oid, _c), dev, size in zip(missed, devs, msizes)]
-        if flows:
-            net.start(flows, t)
+        flows = []
+        for i, ((oid, _c), dev, size) in enumerate(zip(missed, devs, msizes)):
+            res, lat = paths[dev]
+            if waits is not None and waits[i]:
+                lat += waits[i]                     # no live copy: waits for a recovery
+            flows.append(Flow(size, res, lat, (oid, dev, phase, DEMAND), _INF,
+                              0 if prios is None else prios[i]))
+        if prios is None:
+            if flows:
+                net.start(flows, t)
+        else:                                       # issue order: one start per rank
+            for f in flows:
+                net.start([f], t)
         if late:
             lflows = [f for _o, _c, f in late]
             net.promote(lflows, t)
             flows = flows + lflows
-        net.run_until_done(flows)
+        self._run(flows)
         return [f.done_at for f in flows]
 
+    # ------------------------------------------------------------------ sources
+    def _plan(self, missed, t: float):
+        """The device each missed object is read from, issue priorities (None: all start
+        together and share) and waits for a recovery (None: none waits). Plain runs read the
+        home, or the copies of a replicated object in turn; otherwise live copies only, the
+        scheduler policy choosing among them and the order."""
+        home = self._home
+        if self._plain:
+            devs = [home[oid] for oid, _c in missed]
+            if self._replicas:
+                for oid, _c in missed:
+                    if oid in self._replicas:
+                        self._rotate(oid)
+            return devs, None, None
+        sizes = self._sizes
+        reads = self.reads
+        for oid, _c in missed:
+            reads[oid] += 1
+        sched = self.scheduler
+        if not self.down and not self._replicas:
+            if sched is None:
+                return [home[oid] for oid, _c in missed], None, None
+            devs, prios = sched.plan(self, [(oid, sizes[oid], (home[oid],))
+                                            for oid, _c in missed], t)
+            return devs, prios, None
+        if sched is not None and len(missed) > 0:
+            items = [(oid, sizes[oid], self.live_copies(oid)) for oid, _c in missed]
+            if all(c for _o, _s, c in items):
+                devs, prios = sched.plan(self, items, t)
+                return devs, prios, None
+        devs, waits = [], []
+        for oid, _c in missed:
+            d, w = self._source(oid, sizes[oid], None, t)
+            devs.append(d)
+            waits.append(w)
+        return devs, None, (waits if any(waits) else None)
+
+    def live_copies(self, oid: int) -> tuple[int, ...]:
+        """Devices that can serve a read of ``oid`` now: its home and copies that are up,
+        else its backing copy if that is up (empty: none is)."""
+        down = self.down
+        copies = self.replicas(oid)
+        if not down:
+            return copies
+        live = tuple(d for d in copies if d not in down)
+        if not live and self.backing is not None:
+            b = int(self.backing[oid])
+            if b not in down:
+                return (b,)
+        return live
+
+    def _source(self, oid: int, size: float, _queued, t: float) -> tuple[int, float]:
+        """(device, wait) for one read of ``oid`` at ``t``: a live copy in turn (replicas
+        rotate); with none live, the copy whose device returns first and the wait for it."""
+        if not self.down and oid not in self._replicas:
+            return self._home[oid], 0.0
+        live = self.live_copies(oid)
+        if live:
+            d = self._home[oid]
+            if d not in live:
+                d = live[0]
+            if oid in self._replicas:
+                copies = self._replicas[oid]
+                i = copies.index(d) if d in copies else -1
+                self._home[oid] = copies[(i + 1) % len(copies)]
+            return d, 0.0
+        cands = list(self.replicas(oid))
+        if self.backing is not None:
+            cands.append(int(self.backing[oid]))
+        back = [(self.faults.return_time(d), d) for d in cands] if self.faults else []
+        back = [(tr, d) for tr, d in back if tr < _INF]
+        if not back:
+            raise SimulationError(f"object {oid}: every copy is down and none returns")
+        tr, d = min(back)
+        self.unavailable += 1
+        self.unavailable_wait += tr - t
+        return d, tr - t
+
+    def queued_bytes(self) -> list[float]:
+        """Bytes still to move per source device, over the transfers under way."""
+        q = [0.0] * len(self.system.devices)
+        rem = self.net.remaining
+        for f in self.inflight.values():
+            q[f.tag[1]] += rem(f)
+        for f, _d, _r, _why in self.moves.values():
+            q[f.tag[1]] += rem(f)
+        return q
+
+    def _run(self, flows) -> None:
+        """Run the network until ``flows`` are done; failures and returns due meanwhile are
+        applied at their instants (a flow cancelled by a failure is replaced in ``flows`` by
+        its restart from another source)."""
+        faults = self.faults
+        if faults is None:
+            self.net.run_until_done(flows)
+            return
+        net = self.net
+        self._demand = flows
+        try:
+            while True:
+                if all(f.done_at == f.done_at for f in flows):
+                    return
+                tf = faults.next_time
+                nc = net.next_change()
+                if nc > tf:
+                    net.advance_to(tf)
+                    faults.apply_due(self, tf)
+                elif nc == _INF:
+                    raise SimulationError("a transfer can never finish")
+                else:
+                    net.advance_to(nc)
+        finally:
+            self._demand = None
+
     def _solve_isolated(self, key: tuple):
-        """Run the flows of ``key`` ((device, size) per flow) from time 0 on copies of their
-        resources: each (device, size)'s completion time and what each resource carried."""
+        """Run the flows of ``key`` ((device, size, priority) per flow) from time 0 on copies
+        of their resources: each one's completion time and what each resource carried."""
         shadow: dict = {}
         flows = []
-        for dev, size in key:
+        for dev, size, prio in key:
             res, lat = self.paths[dev]
             path = tuple(shadow.setdefault(r, Resource(r.name, r.capacity)) for r in res)
-            flows.append(Flow(size, path, lat))
+            flows.append(Flow(size, path, lat, None, _INF, prio))
         scratch = FlowNetwork()
         scratch.start(flows, 0.0)
         scratch.run_until_done(flows)
         scratch.close(scratch.t)
-        rel = {(dev, size): f.done_at for (dev, size), f in zip(key, flows)}
+        rel = {k: f.done_at for k, f in zip(key, flows)}
         incr = [(r, s.bytes, s.busy_time) for r, s in shadow.items()]
         sol = (rel, incr)
         if len(self._isolated) < 65536:
@@ -439,11 +637,150 @@ class MemoryHierarchy:
                 r.busy_time += busy * n
         self._isolated_uses.clear()
 
+    # ------------------------------------------------------------------ moves
+    def room(self, device: int) -> float:
+        """Bytes ``device`` can still take (homes, copies and moves under way counted)."""
+        d = self.system.devices[device]
+        return d.spec.capacity_bytes - self._used_bytes(device) - self._reserved[device]
+
+    def move(self, oid: int, dst: int, t: float, *, as_replica: bool = False,
+             reason: str = "migrate") -> bool:
+        """Copy ``oid`` to device ``dst`` in the background from a live copy, then make
+        ``dst`` its home (or, ``as_replica``, one more copy). The copy reserves room on
+        ``dst`` while it moves, runs below demand and prefetch priority (it uses bandwidth
+        they leave) and crosses ``System.move_path``. Reads use the old copies until it
+        lands. False (nothing started) when the object is pinned, already moving, already
+        there, has no live copy, or ``dst`` is down or has no room."""
+        if (self._pinned[oid] or oid in self.moves or dst in self.down
+                or dst in self.replicas(oid) or self.system.devices[dst].is_local):
+            return False
+        size = self._sizes[oid]
+        if self.room(dst) < size:
+            return False
+        live = self.live_copies(oid)
+        if not live:
+            return False
+        src = live[0]
+        res, lat = self.system.move_path(self.system.devices[src], self.system.devices[dst])
+        f = Flow(size, res, lat, (oid, src, self._phase, MIGRATE), _INF, MIGRATE_PRIORITY)
+        self._reserved[dst] += size
+        self.moves[oid] = (f, dst, as_replica, reason)
+        self.net.start([f], t)
+        return True
+
+    def _move_done(self, f: Flow) -> None:
+        oid, src, phase, _p = f.tag
+        entry = self.moves.get(oid)
+        if entry is None or entry[0] is not f:
+            return
+        del self.moves[oid]
+        _f, dst, as_replica, reason = entry
+        size = f.size
+        self._reserved[dst] -= size
+        key = (phase, src, dst)
+        self.moved[key] = self.moved.get(key, 0.0) + size
+        self.move_counts[reason] += 1
+        self.move_bytes[reason] += size
+        self.move_log.append((f.start_at, f.done_at, oid, src, dst, reason))
+        if as_replica:
+            self._replicas.setdefault(oid, [int(self.home[oid])]).append(dst)
+        else:
+            copies = self._replicas.get(oid)
+            if copies:
+                if dst in copies:
+                    copies.remove(dst)
+                copies[0] = dst
+                if len(copies) == 1:
+                    del self._replicas[oid]
+            self.home[oid] = dst
+        self._refresh()
+
+    def cancel_moves(self, oids, t: float) -> None:
+        """Stop the moves of ``oids`` (their reservations are released)."""
+        for oid in list(oids):
+            entry = self.moves.pop(oid, None)
+            if entry is not None:
+                f, dst = entry[0], entry[1]
+                self.net.advance_to(t)
+                part = f.size - self.net.remaining(f)
+                self.net.cancel([f], t)
+                self._reserved[dst] -= f.size
+                if part > 0:                       # moved, then discarded: still counted
+                    key = (f.tag[2], f.tag[1], dst)
+                    self.moved[key] = self.moved.get(key, 0.0) + part
+
+    # ------------------------------------------------------------------ faults
+    def fail(self, device: int, t: float) -> list[int]:
+        """``device`` fails at ``t`` (the network is at ``t``): transfers reading it (demand,
+        prefetch, moves) and moves to it stop; demand fetches and prefetches restart from
+        another live copy. Returns the objects whose home it was (engine/faults.py re-homes
+        them)."""
+        self.down.add(device)
+        self._refresh()
+        net = self.net
+        self.cancel_moves([o for o, e in self.moves.items()
+                           if e[0].tag[1] == device or e[1] == device], t)
+        lost = [(o, f) for o, f in self.inflight.items() if f.tag[1] == device]
+        if lost:
+            for _o, f in lost:
+                self.cut_bytes[f.tag[2]][device] += f.size - net.remaining(f)
+            net.cancel([f for _o, f in lost], t)
+            for o, f in lost:
+                del self.inflight[o]
+                self.pf_issued -= 1                 # re-issued below (counted once)
+                self.pf_bytes[f.tag[2]] -= f.size
+                self.restarted += 1
+            self.prefetch(self._phase, [o for o, _f in lost], t)
+        flows = self._demand
+        if flows:
+            for i, f in enumerate(flows):
+                if f.done_at != f.done_at and not f.cancelled and f.tag[1] == device:
+                    oid, _d, phase, purpose = f.tag
+                    self.cut_bytes[phase][device] += f.size - net.remaining(f)
+                    net.cancel([f], t)
+                    dev, wait = self._source(oid, f.size, None, t)
+                    res, lat = self.paths[dev]
+                    nf = Flow(f.size, res, lat + wait, (oid, dev, phase, purpose), _INF, 0)
+                    net.start([nf], t)
+                    self.served[phase][dev] += 1
+                    self.served[phase][device] -= 1
+                    flows[i] = nf
+                    self.restarted += 1
+        return [o for o in range(len(self._home)) if int(self.home[o]) == device
+                and not self._pinned[o]]
+
+    def adopt_backing(self, oids) -> None:
+        """Make each object's backing copy its home (its home failed and no live device of
+        its tier could take it). No capacity check: the copy is already there."""
+        for oid in oids:
+            b = int(self.backing[oid])
+            copies = self._replicas.get(oid)
+            if copies:
+                if b in copies:
+                    copies.remove(b)
+                copies.insert(0, b)
+                copies.pop(1)
+                if len(copies) == 1:
+                    del self._replicas[oid]
+            self.home[oid] = b
+        self._refresh()
+
+    def recover(self, device: int, t: float) -> None:
+        """``device`` is back at ``t`` (empty: engine/faults.py moves its objects back)."""
+        self.down.discard(device)
+        self._refresh()
+
     def _on_flow_done(self, f: Flow) -> None:
         oid, dev, phase, purpose = f.tag
+        if purpose == MIGRATE:
+            self._move_done(f)
+            return
         self.fetched_bytes[phase][dev] += f.size
         if self.log_events:
             self.transfers.add(f.start_at, f.done_at, f.size, 1, dev, phase, purpose, (oid,))
+        if purpose == PREFETCH and self._released and f in self._released:
+            self._released.discard(f)            # released before it landed: not staged
+            return
         if purpose == PREFETCH and self.inflight.get(oid) is f:
             # a prefetched expert lands in the staging buffer; it enters the cache on first
             # use, as a demand fetch would have. (A late prefetch, one a lookup already waited

@@ -29,7 +29,7 @@ from ..config.load import LoadedConfig
 from ..errors import ConfigError, SimulationError
 from ..hardware.system import System, build_system
 from ..models.spec import ModelSpec, check_trace_matches, get_model, load_model_file
-from ..policies.base import make_policy
+from ..policies.base import make_policy, policy_class
 from ..traces.io import read_trace
 from ..traces.schema import DECODE, PREFILL, Trace
 from .compute import ComputeModel
@@ -56,8 +56,17 @@ class Simulation:
         requests, trace = build_requests(trace, cfg.workload, self.rng, source=src)
         self.trace = trace
         self.requests = requests
+        # the mixed-precision policy decides how many objects make an expert and their sizes
+        mixed_cls = policy_class("mixed_precision", cfg.mixed_precision, source=src)
         self.ctx = SimContext(config=cfg, model=model, precision=self.precision, trace=trace,
-                              system=self.system, rng=self.rng, requests=requests, source=src)
+                              system=self.system, rng=self.rng, requests=requests, source=src,
+                              slices_per_expert=mixed_cls.slices)
+        self.mixed = make_policy("mixed_precision", cfg.mixed_precision, self.ctx, source=src)
+        self.mixed_active = bool(self.mixed.active)
+        if self.mixed_active:
+            per = self.mixed.slice_bytes(float(model.expert_bytes(self.precision)))
+            self.ctx.object_bytes = np.tile(np.asarray(per, dtype=np.float64),
+                                            self.ctx.num_objects // len(per))
         self.fast_path = fast_path
 
         # policies
@@ -73,6 +82,10 @@ class Simulation:
         self.routing = make_policy("routing", cfg.routing, self.ctx, source=src)
         self.warmup = make_policy("warmup", cfg.warmup, self.ctx, source=src)
         self.kv = make_policy("kv", cfg.kv, self.ctx, source=src)
+        self.scheduler = make_policy("scheduler", cfg.scheduler, self.ctx, source=src)
+        self.migration = make_policy("migration", cfg.migration, self.ctx, source=src)
+        # lookups straight from the trace (no routing or precision choice to make)
+        self._direct = self.routing.identity and not self.mixed_active
         self._check_capacities()
 
         self.compute = ComputeModel(model, self.system.compute, self.system.local.spec,
@@ -80,10 +93,26 @@ class Simulation:
         self.env = simpy.Environment()
         self.prefetch_active = bool(self.prefetch.active)
         self.log_events = cfg.output.events
+        faults = cfg.faults.events
+        self.migration_active = bool(self.migration.active)
         self.hierarchy = MemoryHierarchy(
             self.ctx, self.system, home, self.cache,
             self.prefetch if self.prefetch_active else None,
-            log_events=self.log_events, fast_path=fast_path)
+            log_events=self.log_events, fast_path=fast_path,
+            scheduler=self.scheduler if self.scheduler.active else None,
+            dynamic=self.migration_active or bool(faults))
+        self.ctx.hierarchy = self.hierarchy      # for dynamic policies (migration)
+        for i, (oid, dev) in enumerate(self.placement.replicas()):
+            try:
+                self.hierarchy.add_replica(int(oid), int(dev))
+            except SimulationError as exc:
+                raise ConfigError(f"replica {i}: {exc}", source=src, key="placement") from None
+        if faults:
+            from .faults import FaultState, backing_devices
+            self.hierarchy.backing = backing_devices(
+                cfg.faults, self.system, self.ctx.object_bytes, self.ctx.pinned, home,
+                source=src)
+            self.hierarchy.faults = FaultState(cfg.faults, self.system, source=src)
 
         L = self.ctx.num_layers
         self.t = 0.0
@@ -144,9 +173,19 @@ class Simulation:
                 key=f"system.tiers.{local.tier}.capacity_gb")
 
     # ------------------------------------------------------------------ the MoE block
-    def _run_arrivals(self, phase: int, arrivals, items, t_hit: float) -> float:
+    def _run_arrivals(self, phase: int, arrivals, items, t_hit: float, sizes=None) -> float:
         """Missing experts run one by one as they arrive, after the resident ones.
-        ``arrivals``: one time (all together) or one per item of ``items`` [(oid, count, ...)]."""
+        ``arrivals``: one time (all together) or one per item of ``items`` [(oid, count, ...)].
+        ``sizes``: object bytes when objects differ in size (mixed precision): each expert's
+        kernel then reads its own object's bytes."""
+        if sizes is not None:
+            if type(arrivals) is float:
+                arrivals = [arrivals] * len(items)
+            expert_w = self.compute.expert_weights
+            end = t_hit
+            for arrival, it in sorted(zip(arrivals, items), key=lambda p: p[0]):
+                end = (end if end > arrival else arrival) + expert_w(it[1], sizes[it[0]], phase)
+            return end
         if type(arrivals) is float:
             start = t_hit if t_hit > arrivals else arrivals
             return start + self.compute.experts_serial([it[1] for it in items], phase)
@@ -174,7 +213,10 @@ class Simulation:
         """Routed experts of trace ``rows`` at ``layer`` after the routing policy, as
         (ascending oids, token counts)."""
         ex = self.trace.experts[rows, layer].astype(np.int64)
-        ex = np.asarray(self.routing.route(phase, layer, rows, ex), dtype=np.int64)
+        if not self.routing.identity:
+            ex = np.asarray(self.routing.route(phase, layer, rows, ex), dtype=np.int64)
+        if self.mixed_active:
+            return self.mixed.select(phase, layer, rows, ex, self.hierarchy)
         o = (layer * self.ctx.num_experts + ex.ravel()) * self.ctx.slices_per_expert
         if rows.size == 1:       # one token: its experts in its own (gate) order, as unrouted
             seen = dict.fromkeys(o.tolist(), 0)
@@ -215,6 +257,7 @@ class Simulation:
         # known for the whole iteration (-inf: hand control to SimPy at every layer)
         horizon = env.peek() if self.fast_path else -math.inf
         per_layer = type(lookups) is list               # precomputed (oids, counts) per layer
+        mixed = self.mixed_active
         for layer in range(L):
             t += t_full if full[layer] else t_lin
             oids, counts = lookups[layer] if per_layer else lookups(layer)
@@ -235,11 +278,19 @@ class Simulation:
                 else:
                     t = run_arrivals(phase, arrivals, items, t_hit)
                 continue
+            if mixed:                 # objects of several sizes: compute reads their bytes
+                sizes = self.ctx.object_bytes
+                res_b = sum(sizes[o] for o in oids) - (
+                    sum(sizes[it[0]] for it in items) if items else 0.0)
+                t_hit = t + compute.moe_weights(n, res_a, res_b, phase)
+                t = (t_hit if arrivals is None
+                     else run_arrivals(phase, arrivals, items, t_hit, sizes))
+                continue
             t_hit = t + moe(n, res_a, res_u, phase)
             t = t_hit if arrivals is None else run_arrivals(phase, arrivals, items, t_hit)
         if ub:
             compute.account_moe(phase, n, ub, ur, ur, ul)
-        self._end_iteration(phase, t0, t, n)
+        self._end_iteration(phase, t0, t, n, rows)
         return t
 
     def _prefill(self, batch: list[Request]):
@@ -248,7 +299,7 @@ class Simulation:
         once (flash-attention style)."""
         rows = np.concatenate([np.arange(q.start, q.start + q.n_prefill) for q in batch])
         kv_read = float(sum(int(self.trace.token[q.start + q.n_prefill - 1]) + 1 for q in batch))
-        if self.routing.identity:
+        if self._direct:
             L, E, S = self.ctx.num_layers, self.ctx.num_experts, self.ctx.slices_per_expert
             base = np.arange(L, dtype=np.int64)[None, :, None] * E
             cnt = np.bincount((base + self.trace.experts[rows]).ravel(), minlength=L * E)
@@ -275,7 +326,7 @@ class Simulation:
         n = len(batch)
         rows = np.fromiter((q.start + q.n_prefill + q.decoded for q in batch), dtype=np.int64,
                            count=n)
-        if not self.routing.identity:
+        if not self._direct:
             lookups = lambda layer: self._route(DECODE, layer, rows)
         elif n == 1:
             lookups = [(o, None) for o in batch[0].dec_oids[batch[0].decoded]]
@@ -303,7 +354,7 @@ class Simulation:
             if q.decoded == 1 and not q.n_prefill:
                 q.first_token = t
 
-    def _end_iteration(self, phase: int, t0: float, t: float, n: int) -> None:
+    def _end_iteration(self, phase: int, t0: float, t: float, n: int, rows) -> None:
         self.phase_time[phase] += t - t0
         self.iterations[phase] += 1
         if self.log_events:
@@ -311,9 +362,11 @@ class Simulation:
                                self.cache.used_bytes))
         self.t = t
         self.placement.on_iteration_end(t)
+        if self.migration_active:
+            self.migration.on_iteration_end(phase, rows, t)
 
     def _prepare_decode(self, q: Request) -> None:
-        if q.n_decode and self.routing.identity:
+        if q.n_decode and self._direct:
             E, S, L = self.ctx.num_experts, self.ctx.slices_per_expert, self.ctx.num_layers
             s = q.start + q.n_prefill
             ex = self.trace.experts[s:s + q.n_decode].astype(np.int64)
@@ -342,6 +395,7 @@ class Simulation:
         waiting: deque[Request] = deque()
         running: list[Request] = []
         bar = self._progress            # tokens simulated, flushed every 256 iterations
+        faults = self.hierarchy.faults
         pending = iters = 0
         while True:
             if self.env.peek() <= self.t:
@@ -352,6 +406,8 @@ class Simulation:
             while waiting and len(running) + len(new) < B:
                 q = waiting.popleft()
                 q.admitted = self.t
+                if faults is not None:
+                    faults.on_admit(self.t)
                 self._prepare_decode(q)
                 new.append(q)
             prefill = [q for q in new if q.n_prefill]

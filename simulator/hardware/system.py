@@ -4,7 +4,9 @@ Built from the ``system`` section of a run config and the device profiles. Every
 non-local tier reaches the compute unit's own memory (the *local* tier, e.g. HBM) over its
 ``path`` of links; a fetch from device D crosses D's read channel, each link of the path in
 the toward-compute direction, and the local device's write channel (see engine/flows.py for
-how concurrent transfers share them).
+how concurrent transfers share them). A copy between two non-local devices (migration,
+re-homing after a fault) climbs the source's links to where the two paths meet and descends
+the destination's in their reverse direction (``System.move_path``).
 """
 from __future__ import annotations
 
@@ -68,6 +70,27 @@ class System:
         res = (src.read,) + tuple(l.fwd for l in src.path) + (dst.write,)
         return res, src.path_latency_s
 
+    def move_path(self, src: Device, dst: Device) -> tuple[tuple[Resource, ...], float]:
+        """Resources and latency of a copy from ``src`` to ``dst``, two non-local devices
+        (migration, re-homing). Paths are lists of links toward the compute unit, so the
+        links two paths end with are shared up to the point where they meet (e.g. the host
+        root complex before the PCIe link to the GPU): the copy climbs ``src``'s links up to
+        that point (their toward-compute direction), then descends ``dst``'s (their away
+        direction), reading ``src``'s channel and writing ``dst``'s."""
+        if src.is_local or dst.is_local:
+            raise ValueError("move_path is between two non-local devices")
+        sp, dp = src.path, dst.path
+        common = 0
+        while (common < min(len(sp), len(dp))
+               and sp[len(sp) - 1 - common] is dp[len(dp) - 1 - common]):
+            common += 1
+        up, down = sp[:len(sp) - common], dp[:len(dp) - common]
+        res = ((src.read,) + tuple(l.fwd for l in up) + tuple(l.rev for l in reversed(down))
+               + (dst.write,))
+        lat = (src.spec.latency_s + dst.spec.latency_s
+               + sum(l.spec.latency_s for l in up) + sum(l.spec.latency_s for l in down))
+        return res, lat
+
     def memory_cost_usd(self) -> dict[str, float]:
         return {d.name: d.spec.capacity_bytes * d.spec.cost_usd_per_byte for d in self.devices}
 
@@ -96,13 +119,6 @@ def build_system(cfg: SystemConfig, *, source: str | None = None) -> System:
     links: dict[str, Link] = {}
     for name, lc in cfg.links.items():
         key = f"system.links.{name}"
-        if "reverse_bw_gbytes_per_s" in lc.overrides:
-            # Every transfer moves toward the compute unit (experts are read-only, KV stays
-            # local): the reverse direction carries nothing, so the key would change nothing.
-            raise ConfigError("no transfer moves away from the compute unit in this simulator "
-                              "(expert fetches only go toward it), so overriding it would change "
-                              "nothing; remove it", source=source,
-                              key=f"{key}.reverse_bw_gbytes_per_s")
         lp = get_profile(lc.profile, kind="link", key=f"{key}.profile", source=source or "")
         lp = lp.with_overrides(lc.overrides, source=source or "config", key_prefix=key)
         spec = link_spec(lp)

@@ -87,13 +87,37 @@ METRICS: list[tuple[str, str, str]] = [
     ("prefetch.accuracy", "fraction", "prefetch.useful / prefetch.issued"),
     ("prefetch.coverage", "fraction", "prefetch.useful / misses (misses that a prefetch served)"),
     ("bytes.prefetched.<phase>", "B", "bytes moved by prefetches issued in that phase"),
+    # mixed precision (policies/mixed_precision)
+    ("precision.low_uses", "count", "token-expert uses run from a low-bit copy"),
+    ("precision.low_fraction", "fraction", "precision.low_uses / token-expert uses looked up "
+     "(0 with mixed_precision: full)"),
+    # moves between devices (migration, re-homing after a fault)
+    ("migrations", "count", "experts moved between devices by the migration policy"),
+    ("bytes.migrated", "B", "bytes of those migrations"),
+    ("bytes.moved", "B", "bytes copied between non-local devices (migrations, re-homing and "
+     "returns after a fault; moves cut by a failure count what they moved)"),
+    # faults (engine/faults.py; TPOT windows around the first failure)
+    ("faults.events", "count", "device failures that happened in the run"),
+    ("faults.unavailable_accesses", "count", "lookups that found no live copy and waited for "
+     "a device to return"),
+    ("faults.unavailable_wait_s", "s", "sum of those waits"),
+    ("faults.restarted_transfers", "count", "fetches and prefetches cut by a failure and "
+     "restarted from another copy"),
+    ("faults.rehomed_bytes", "B", "bytes moved to give a failed device's experts a live home"),
+    ("faults.returned_bytes", "B", "bytes moved back to devices after their return"),
+    ("faults.tpot_before_s", "s", "mean decode gap ending before the first failure"),
+    ("faults.tpot_down_s", "s", "mean decode gap ending while that device was down"),
+    ("faults.tpot_after_s", "s", "mean decode gap ending after its return"),
+    ("faults.recovery_s", "s", "time from the return until the mean of 8 consecutive decode "
+     "gaps is within 5% of faults.tpot_before_s (nan: never)"),
     # utilisation
     ("utilization.compute", "fraction", "(time.prefill_s + time.decode_s) / makespan_s"),
     ("utilization.link.<link>", "fraction", "time with at least one transfer on the link / makespan_s"),
     ("utilization.device.<device>", "fraction", "time with at least one transfer reading or writing "
                                                 "the device / makespan_s"),
-    ("load_balance_cv.<tier>", "ratio", "coefficient of variation (std/mean) of bytes read from "
-                                        "the tier's devices (tiers with several devices)"),
+    ("load_balance_cv.<tier>", "ratio", "population std / mean of bytes.read over the tier's "
+                                        "devices (tiers with >= 2 devices; NaN if none was read):"
+                                        " 0 = even load, sqrt(n-1) = one of n devices served all"),
 ]
 
 

@@ -218,6 +218,22 @@ def _stats(prefix: str, values, out: dict) -> None:
     out[f"{prefix}.p99"] = float(np.percentile(arr, 99))
 
 
+# ---------------------------------------------------------------- load_balance_cv.<tier>
+def balance_cv(read: dict[str, float], tiers: dict) -> dict[str, float]:
+    """``load_balance_cv.<tier>``: coefficient of variation (population std / mean) of the bytes
+    read from each device of the tier, for tiers with at least two devices; NaN when the
+    tier's devices were not read at all. 0 = perfectly even; sqrt(n - 1) = one of n devices
+    served everything. ``read``: device name -> bytes read; ``tiers``: tier -> devices."""
+    out: dict[str, float] = {}
+    for tier, tdevs in tiers.items():
+        if len(tdevs) < 2:
+            continue
+        b = np.array([read[d.name] for d in tdevs], dtype=np.float64)
+        mean = float(b.mean())
+        out[f"load_balance_cv.{tier}"] = float(b.std() / mean) if mean > 0 else float("nan")
+    return out
+
+
 def _frame(data) -> "pd.DataFrame":
     import pandas as pd
     return pd.DataFrame(data)
@@ -288,9 +304,6 @@ def collect(sim: "Simulation") -> RunResult:
     written = {d.name: 0.0 for d in devs}
     read[local.name] = float(sum(compute_read))
     written[local.name] = total_fetched
-    for d in devs:
-        s[f"bytes.read.{d.name}"] = read[d.name]
-        s[f"bytes.written.{d.name}"] = written[d.name]
     link_bytes = {n: 0.0 for n in sysm.links}
     link_phase = {n: [0.0, 0.0] for n in sysm.links}
     for d in devs:
@@ -298,6 +311,40 @@ def collect(sim: "Simulation") -> RunResult:
             link_bytes[l.name] += float(fetched[:, d.index].sum())
             for p in (0, 1):
                 link_phase[l.name][p] += float(fetched[p, d.index])
+    # bytes a failure cut short (read, crossed the links, then discarded) and moves between
+    # devices (migration, re-homing): read at the source, written at the destination, on
+    # the links of System.move_path
+    cut = np.asarray(h.cut_bytes, dtype=np.float64)
+    moved_read = {d.name: float(cut[:, d.index].sum()) for d in devs}
+    moved_written = {d.name: 0.0 for d in devs}
+    e_move_phase = [0.0, 0.0]
+    for d in devs:
+        for l in d.path:
+            for p in (0, 1):
+                link_phase[l.name][p] += float(cut[p, d.index])
+                link_bytes[l.name] += float(cut[p, d.index])
+        e_move_phase[0] += float(cut[0, d.index]) * d.spec.read_j_per_byte
+        e_move_phase[1] += float(cut[1, d.index]) * d.spec.read_j_per_byte
+    for (p, src, dst), b in h.moved.items():
+        sd, dd = devs[src], devs[dst]
+        moved_read[sd.name] += b
+        moved_written[dd.name] += b
+        e_move_phase[p] += b * (sd.spec.read_j_per_byte + dd.spec.write_j_per_byte)
+        res, _lat = sysm.move_path(sd, dd)
+        names = {r.name for r in res}
+        for ln, l in sysm.links.items():
+            if l.fwd.name in names or l.rev.name in names:
+                link_bytes[ln] += b
+                link_phase[ln][p] += b
+    written[local.name] += float(cut.sum())
+    for d in devs:
+        read[d.name] += moved_read[d.name]
+        written[d.name] += moved_written[d.name]
+        s[f"bytes.read.{d.name}"] = read[d.name]
+        s[f"bytes.written.{d.name}"] = written[d.name]
+    s["migrations"] = h.move_counts["migrate"]
+    s["bytes.migrated"] = h.move_bytes["migrate"]
+    s["bytes.moved"] = float(sum(h.moved.values()))
     for n, b in link_bytes.items():
         s[f"bytes.link.{n}"] = b
     # ------------------------------------------------------------ energy
@@ -313,6 +360,21 @@ def collect(sim: "Simulation") -> RunResult:
         s[f"energy_j.dynamic.{d.name}"] = sum(per_phase)
         e_dyn_phase[0] += per_phase[0]
         e_dyn_phase[1] += per_phase[1]
+    # moves and cut transfers, per device
+    for d in devs:
+        extra = float(cut[:, d.index].sum()) * d.spec.read_j_per_byte
+        if d.is_local:                      # cut transfers were written here as they came
+            extra += float(cut.sum()) * d.spec.write_j_per_byte
+            e_move_phase[0] += float(cut[0].sum()) * d.spec.write_j_per_byte
+            e_move_phase[1] += float(cut[1].sum()) * d.spec.write_j_per_byte
+        for (p, src, dst), b in h.moved.items():
+            if src == d.index:
+                extra += b * d.spec.read_j_per_byte
+            if dst == d.index:
+                extra += b * d.spec.write_j_per_byte
+        s[f"energy_j.dynamic.{d.name}"] += extra
+    e_dyn_phase[0] += e_move_phase[0]
+    e_dyn_phase[1] += e_move_phase[1]
     e_link_phase = [0.0, 0.0]
     for n, l in sysm.links.items():
         s[f"energy_j.link.{n}"] = link_bytes[n] * l.spec.j_per_byte
@@ -376,6 +438,11 @@ def collect(sim: "Simulation") -> RunResult:
     s["prefetch.coverage"] = h.pf_useful / misses if misses else float("nan")
     for p, name in enumerate(PHASE_NAMES):
         s[f"bytes.prefetched.{name}"] = h.pf_bytes[p]
+    # ------------------------------------------------------------ mixed precision
+    s.update(sim.mixed.summary())
+    # ------------------------------------------------------------ faults
+    from ..engine.faults import fault_report
+    s.update(fault_report(sim))
     # ------------------------------------------------------------ utilisation
     s["utilization.compute"] = sum(sim.phase_time) / makespan if makespan > 0 else float("nan")
     for n, l in sysm.links.items():
@@ -384,10 +451,7 @@ def collect(sim: "Simulation") -> RunResult:
     for d in devs:
         busy = max(d.read.busy_time, d.write.busy_time)
         s[f"utilization.device.{d.name}"] = busy / makespan if makespan > 0 else float("nan")
-    for tier, tdevs in sysm.tiers.items():
-        if len(tdevs) > 1:
-            b = np.array([read[d.name] for d in tdevs])
-            s[f"load_balance_cv.{tier}"] = float(b.std() / b.mean()) if b.mean() > 0 else float("nan")
+    s.update(balance_cv(read, sysm.tiers))
 
     # ------------------------------------------------------------ tables
     # Built on first use (RunResult): the engine's records are kept as they are.

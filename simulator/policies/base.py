@@ -39,9 +39,17 @@ PREFETCH: Registry[type["PrefetchPolicy"]] = Registry("prefetch policy", "simula
 ROUTING: Registry[type["RoutingPolicy"]] = Registry("routing policy", "simulator.policies.routing")
 WARMUP: Registry[type["WarmupPolicy"]] = Registry("warmup policy", "simulator.policies.warmup")
 KV: Registry[type["KVPolicy"]] = Registry("KV-cache policy", "simulator.policies.kv")
+SCHEDULER: Registry[type["SchedulerPolicy"]] = Registry("fetch scheduler",
+                                                         "simulator.policies.scheduler")
+MIGRATION: Registry[type["MigrationPolicy"]] = Registry("migration policy",
+                                                         "simulator.policies.migration")
+MIXED_PRECISION: Registry[type["MixedPrecisionPolicy"]] = Registry(
+    "mixed-precision policy", "simulator.policies.mixed_precision")
 
 AXES: dict[str, Registry] = {"placement": PLACEMENT, "cache": CACHE, "prefetch": PREFETCH,
-                             "routing": ROUTING, "warmup": WARMUP, "kv": KV}
+                             "routing": ROUTING, "warmup": WARMUP, "kv": KV,
+                             "scheduler": SCHEDULER, "migration": MIGRATION,
+                             "mixed_precision": MIXED_PRECISION}
 
 
 class Policy:
@@ -89,6 +97,11 @@ class PlacementPolicy(Policy):
 
     def on_iteration_end(self, now: float) -> None:
         """Hook for dynamic placement (migration); default: static."""
+
+    def replicas(self) -> list[tuple[int, int]]:
+        """Extra copies to keep from the start, as (object, device) pairs (default none);
+        the engine adds them to the memory hierarchy after checking capacity."""
+        return []
 
 
 # ---------------------------------------------------------------------------- cache
@@ -186,3 +199,60 @@ class KVPolicy(Policy):
 
     def footprint_bytes(self, tokens: int) -> float:
         raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- scheduling
+class SchedulerPolicy(Policy):
+    """Which copy each missed object of a layer is read from, and in what order the layer's
+    fetches are issued. The memory hierarchy asks only when it has a choice to make (copies,
+    failed devices) or the policy is ``active``; ``fair`` (the default) reads the home (copies
+    in turn) and starts a layer's fetches together, sharing bandwidth max-min fairly."""
+
+    active: ClassVar[bool] = False
+
+    def plan(self, hierarchy, items: list[tuple[int, float, tuple[int, ...]]], t: float):
+        """``items``: (object, bytes, live copies) per missed object, in lookup order.
+        Return (device per item, issue priority per item or None). Priorities are floats in
+        [0, 1): smaller first (strict priority, engine/flows.py); None = all share."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- migration
+class MigrationPolicy(Policy):
+    """Moves experts between devices during the run (background copies through the memory
+    hierarchy's ``move``). Called after every iteration with the trace rows it served; the
+    hierarchy is ``ctx.hierarchy``."""
+
+    active: ClassVar[bool] = False
+
+    def on_iteration_end(self, phase: int, rows: np.ndarray, now: float) -> None:
+        """Observe an iteration that ended at ``now``; start moves if due."""
+
+
+# ---------------------------------------------------------------------------- mixed precision
+class MixedPrecisionPolicy(Policy):
+    """Which copy of an expert a token's use needs, and so at what precision it runs.
+
+    An expert may be stored as several objects (``slices``: e.g. a full-precision copy and a
+    low-bit one); the policy sizes them (``slice_bytes``) and, per MoE layer, picks the
+    objects the tokens look up (``select``), knowing what is resident now. Compute reads the
+    picked objects' bytes (the weights at the precision they are stored in), so a low-bit
+    expert also runs faster. ``full`` (the default) is one object per expert at the model's
+    precision and is never called."""
+
+    active: ClassVar[bool] = False
+    slices: ClassVar[int] = 1
+
+    def slice_bytes(self, expert_bytes: float) -> list[float]:
+        """Bytes of each of an expert's ``slices`` objects (full precision: ``expert_bytes``)."""
+        return [expert_bytes]
+
+    def select(self, phase: int, layer: int, rows: np.ndarray, experts: np.ndarray,
+               hierarchy) -> tuple[list[int], list[int]]:
+        """The objects trace ``rows`` use at ``layer`` given their routed ``experts`` (n, k),
+        as (object ids, token counts); ``hierarchy.resident(oid)`` tells what is resident."""
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, float]:
+        """``precision.*`` metrics (uses at low precision and their share)."""
+        return {"precision.low_uses": 0, "precision.low_fraction": 0.0}

@@ -26,6 +26,12 @@ layer's misses are fetched together and the layer waits for the slowest device, 
 different layers' fetches do not overlap; ``all`` balances the whole run's bytes instead (the
 right load when prefetch overlaps layers). Capacity is respected: a device is a candidate only
 while its homed bytes plus s(x) fit its capacity. Ties go to the device listed first.
+
+Replicas (``replication: r > 1``). After the homes are set, the hottest ``replicate_top``
+fraction of the experts homed on cxl_tier get r - 1 more copies, each on the other cxl_tier
+device of least cost_d(x) with room left (same cost, the copies' expected load counted in
+W_d); a fetch then reads the copy a scheduler picks (scheduler: cxl_aware reads the one of
+least expected completion). r cannot exceed the number of cxl_tier devices.
 """
 from __future__ import annotations
 
@@ -59,10 +65,17 @@ class MoECXL(PlacementPolicy):
         decay: float = field(1.0, help="ema: per-request decay in (0, 1]; 1 = plain counts")
         load_scope: str = field("layer", choices=("layer", "all"),
                                 help="W_d counts experts of the same layer, or all experts")
+        replication: int = field(1, min=1, help="copies of each replicated expert on "
+                                                "cxl_tier devices (1 = no replicas)")
+        replicate_top: float = field(0.1, min=0.0, help="fraction of the experts homed on "
+                                     "cxl_tier, hottest first, that get replicas")
 
         def __post_init__(self):
             if not 0.0 < self.decay <= 1.0:
                 raise ConfigError(f"must lie in (0, 1], got {self.decay:g}", key="decay")
+            if self.replicate_top > 1.0:
+                raise ConfigError(f"is a fraction in [0, 1], got {self.replicate_top:g}",
+                                  key="replicate_top")
 
     def frequencies(self) -> np.ndarray:
         p = self.params
@@ -109,6 +122,10 @@ class MoECXL(PlacementPolicy):
         rest = order[~fits]
 
         cxl = ctx.tier_devices(tiers[0], key="placement.cxl_tier")
+        if p.replication > len(cxl):
+            raise ConfigError(f"{p.replication} copies need {p.replication} devices; tier "
+                              f"'{tiers[0]}' has {len(cxl)}", source=ctx.source,
+                              key="placement.replication")
         lat = np.array([sysm.fetch_path(d)[1] for d in cxl])
         bw = np.array(private_bandwidth(cxl))
         cap = np.array([d.spec.capacity_bytes for d in cxl], dtype=np.float64)
@@ -146,4 +163,35 @@ class MoECXL(PlacementPolicy):
                     f"capacity of tiers {', '.join(tiers)} ({total / 1e9:.4g} GB in all); raise "
                     "a capacity_gb or gpu_gb, or add a tier to placement.then",
                     source=ctx.source, key="placement.then")
+        self._replicas = self._place_replicas(home, [d.index for d in cxl], lat, bw, cap,
+                                              used, load, prob, layer_of, sizes, order)
         return home
+
+    def _place_replicas(self, home, idx, lat, bw, cap, used, load, prob, layer_of, sizes,
+                        order) -> list[tuple[int, int]]:
+        p = self.params
+        if p.replication <= 1:
+            return []
+        pos = {d: j for j, d in enumerate(idx)}
+        on_cxl = [o for o in order.tolist() if int(home[o]) in pos]
+        n_rep = int(round(p.replicate_top * len(on_cxl)))
+        out = []
+        for oid in on_cxl[:n_rep]:
+            s = sizes[oid]
+            row = layer_of[oid] if p.load_scope == "layer" else 0
+            have = {pos[int(home[oid])]}
+            for _ in range(p.replication - 1):
+                room = (used + s <= cap)
+                room[list(have)] = False
+                if not room.any():
+                    break
+                cost = np.where(room, lat + (load[row] + prob[oid] * s) / bw, np.inf)
+                j = int(np.argmin(cost))
+                have.add(j)
+                used[j] += s
+                load[row, j] += prob[oid] * s
+                out.append((oid, idx[j]))
+        return out
+
+    def replicas(self) -> list[tuple[int, int]]:
+        return list(getattr(self, "_replicas", []))

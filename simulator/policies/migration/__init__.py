@@ -1,0 +1,1 @@
+"""Migration policies (background moves of experts between devices)."""
