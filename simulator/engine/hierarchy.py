@@ -380,6 +380,8 @@ class MemoryHierarchy:
                 dev, wait = self._source(oid, sizes[oid], None, t)
                 if wait:                      # no live copy: not worth a prefetch
                     continue
+                if self.scheduler is not None and oid in replicated:
+                    dev = self.scheduler.choose(self, oid, sizes[oid], self.live_copies(oid))
                 self.reads[oid] += 1
             size = sizes[oid]
             f = Flow(size, *paths[dev], (oid, dev, phase, PREFETCH), _INF, 1)
@@ -644,11 +646,13 @@ class MemoryHierarchy:
         return d.spec.capacity_bytes - self._used_bytes(device) - self._reserved[device]
 
     def move(self, oid: int, dst: int, t: float, *, as_replica: bool = False,
-             reason: str = "migrate") -> bool:
+             reason: str = "migrate", demand: bool = False) -> bool:
         """Copy ``oid`` to device ``dst`` in the background from a live copy, then make
         ``dst`` its home (or, ``as_replica``, one more copy). The copy reserves room on
         ``dst`` while it moves, runs below demand and prefetch priority (it uses bandwidth
-        they leave) and crosses ``System.move_path``. Reads use the old copies until it
+        they leave; ``demand``: at demand priority instead, sharing max-min fairly with
+        demand fetches, so it cannot starve behind a saturated device) and crosses
+        ``System.move_path``. Reads use the old copies until it
         lands. False (nothing started) when the object is pinned, already moving, already
         there, has no live copy, or ``dst`` is down or has no room."""
         if (self._pinned[oid] or oid in self.moves or dst in self.down
@@ -662,7 +666,8 @@ class MemoryHierarchy:
             return False
         src = live[0]
         res, lat = self.system.move_path(self.system.devices[src], self.system.devices[dst])
-        f = Flow(size, res, lat, (oid, src, self._phase, MIGRATE), _INF, MIGRATE_PRIORITY)
+        f = Flow(size, res, lat, (oid, src, self._phase, MIGRATE), _INF,
+                 0 if demand else MIGRATE_PRIORITY)
         self._reserved[dst] += size
         self.moves[oid] = (f, dst, as_replica, reason)
         self.net.start([f], t)

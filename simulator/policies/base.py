@@ -216,6 +216,10 @@ class SchedulerPolicy(Policy):
         [0, 1): smaller first (strict priority, engine/flows.py); None = all share."""
         raise NotImplementedError
 
+    def choose(self, hierarchy, oid: int, size: float, copies: tuple[int, ...]) -> int:
+        """The copy a prefetch of ``oid`` reads (default: the first live one)."""
+        return copies[0]
+
 
 # ---------------------------------------------------------------------------- migration
 class MigrationPolicy(Policy):

@@ -22,7 +22,10 @@ bytes queue with it), as the cxl_aware scheduler uses for copies; Algorithm 1 we
 bytes by p(x) instead, which at batch 1 (a layer's few misses rarely collide on a device)
 would send hot experts to an idle slow expander. After a move the old device is the worse
 home, so the expert does not come straight back unless the frequencies change. ``B_d`` is the private bandwidth of
-placement/tiering.py. f counts reads from devices (demand fetches and prefetches), not
+placement/tiering.py. Moves run at background priority by default: off a device that demand
+fetches saturate (an expander holding too many hot experts), a background copy gets no
+bandwidth and never lands; ``priority: demand`` shares the device fairly with demand
+fetches instead (they slow while it moves). f counts reads from devices (demand fetches and prefetches), not
 activations: with a GPU cache the hot experts are hits, and only what misses loads a device.
 A move is accepted only if the target's expected load after it stays at or below the
 source's (no overshoot, so two devices cannot hand an expert back and forth). Moves are
@@ -65,6 +68,9 @@ class Hysteresis(MigrationPolicy):
         min_residence_s: float = field(5.0, min=0.0,
                                        help="an expert stays this long after a move")
         max_moves: int = field(2, min=1, help="moves started per interval, at most")
+        priority: str = field("background", choices=("background", "demand"),
+                              help="moves use what demand and prefetch leave (background), or "
+                                   "share fairly with demand fetches (demand)")
         load_scope: str = field("layer", choices=("layer", "all"),
                                 help="expected load balanced per layer (as placement moe_cxl "
                                      "with load_scope: layer) or over all experts")
@@ -183,7 +189,8 @@ class Hysteresis(MigrationPolicy):
                 for go, c in sorted(cost):
                     if go >= stay:                # no better home for it (Algorithm 1)
                         break
-                    if hier.move(oid, self.devs[c], now, reason="migrate"):
+                    if hier.move(oid, self.devs[c], now, reason="migrate",
+                                 demand=p.priority == "demand"):
                         W[r, hot] -= w[oid]
                         W[r, c] += w[oid]
                         util[c] += util[hot] * w[oid] / max(W[:, hot].sum() + w[oid], 1e-30)

@@ -29,9 +29,10 @@ while its homed bytes plus s(x) fit its capacity. Ties go to the device listed f
 
 Replicas (``replication: r > 1``). After the homes are set, the hottest ``replicate_top``
 fraction of the experts homed on cxl_tier get r - 1 more copies, each on the other cxl_tier
-device of least cost_d(x) with room left (same cost, the copies' expected load counted in
-W_d); a fetch then reads the copy a scheduler picks (scheduler: cxl_aware reads the one of
-least expected completion). r cannot exceed the number of cxl_tier devices.
+device with room left of least lat_d + (W_d + s(x)) / B_d: the completion of a fetch of x
+that missed, the cost the cxl_aware scheduler uses to pick a copy (with p(x) s(x) in its
+place, as for homes, an empty slow expander would take every copy and never be read). The
+copies' expected load is counted in W_d. r cannot exceed the number of cxl_tier devices.
 """
 from __future__ import annotations
 
@@ -185,7 +186,10 @@ class MoECXL(PlacementPolicy):
                 room[list(have)] = False
                 if not room.any():
                     break
-                cost = np.where(room, lat + (load[row] + prob[oid] * s) / bw, np.inf)
+                # where a fetch of x, given that it missed, finishes soonest: its whole size
+                # queues behind the device's expected bytes (the cxl_aware scheduler's
+                # E_d, which decides whether the copy is ever read)
+                cost = np.where(room, lat + (load[row] + s) / bw, np.inf)
                 j = int(np.argmin(cost))
                 have.add(j)
                 used[j] += s

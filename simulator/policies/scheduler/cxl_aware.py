@@ -57,6 +57,13 @@ class CXLAware(SchedulerPolicy):
                 self.bw[d.index] = b
         self._turn: dict[int, int] = {}
 
+    def choose(self, hierarchy, oid, size, copies):
+        """A prefetch reads the copy it would finish soonest from alone (lat + s / B)."""
+        if self.params.replica_choice == "round_robin" or len(copies) == 1:
+            return copies[0]
+        lat, bw = self.lat, self.bw
+        return min(copies, key=lambda c: (lat[c] + size / bw[c], c))
+
     def plan(self, hierarchy, items, t):
         lat, bw = self.lat, self.bw
         n = len(items)
