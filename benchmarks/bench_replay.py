@@ -231,7 +231,7 @@ CXL8_SET = [
 ]
 # the MoE-CXL system as a user runs it: Algorithm 1 placement (moe_cxl.yaml), CXL-aware fetch
 # scheduling, a predictive prefetcher and background migration with hysteresis
-MOE_CXL_SET = ["scheduler.name=cxl_aware", "prefetch={name: oracle_next_layer}",
+MOE_CXL_SET = ["scheduler.name=cxl_aware", "prefetch={name: transition}",
                "migration.name=hysteresis"]
 # name -> (label, experiment file, extra --set items)
 CASES = {
@@ -245,8 +245,10 @@ CASES = {
                    ["prefetch={name: transition}"]),
     "moe_infinity": ("+ moe_infinity prefetch (online, gated)", "default.yaml",
                      ["prefetch={name: moe_infinity}"]),
-    "moe_cxl": ("MoE-CXL: 4 CXL + DRAM + NVMe, Algorithm 1, cxl_aware, prefetch, migration",
-                "moe_cxl.yaml", MOE_CXL_SET),
+    "moe_cxl": ("MoE-CXL: 4 CXL + DRAM + NVMe, Algorithm 1, cxl_aware, transition "
+                "prefetch, migration", "moe_cxl.yaml", MOE_CXL_SET),
+    "moe_cxl_noprefetch": ("the same without prefetch", "moe_cxl.yaml",
+                           ["scheduler.name=cxl_aware", "migration.name=hysteresis"]),
     "bare_lru": ("bare LRU class replay of plain_lru's lookups", "default.yaml", []),
 }
 SIM_CASES = [c for c in CASES if c != "bare_lru"]
