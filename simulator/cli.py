@@ -543,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     mo.set_defaults(func=cmd_models)
 
     po = sub.add_parser("policies", help="list registered policies and their parameters")
-    po.add_argument("axis", nargs="?", help="placement, cache, prefetch, routing, warmup, kv, scheduler, migration or mixed_precision")
+    po.add_argument("axis", nargs="?", help="placement, cache, prefetch, routing, warmup, kv, "
+                                            "scheduler, migration or mixed_precision")
     po.set_defaults(func=cmd_policies)
 
     me = sub.add_parser("metrics", help="list every reported metric with unit and formula")
