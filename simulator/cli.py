@@ -21,7 +21,7 @@ from .errors import MoesimError
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 2      # an unexpected exception (see main); same code, its own message
 # moesim sweep / plot / mrc live in their own packages (simulator/<group>/cli.py).
-COMMAND_GROUPS = ("sweeps", "plots", "mrc")
+COMMAND_GROUPS = ("sweeps", "plots", "mrc", "quant")
 
 
 # ---------------------------------------------------------------------------- formatting

@@ -1,0 +1,1 @@
+"""Quantization models: AMAT bit slicing (:mod:`.amat`) and ``moesim amat`` (:mod:`.cli`)."""
