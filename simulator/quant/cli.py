@@ -45,7 +45,7 @@ def _f(x, digits=4) -> str:
 
 def cmd_amat(a) -> int:
     from ..models.spec import get_model
-    from .amat import (SliceBytes, check_group, compare_methods, expert_shapes,
+    from .amat import (SliceBytes, compare_methods, expert_shapes,
                        expert_slice_bytes, slice_bytes)
     spec = get_model(a.model, key="--model")
     configs = _configs_arg(a.configs)
@@ -57,11 +57,12 @@ def cmd_amat(a) -> int:
     if a.rows is not None and not 1 <= a.rows <= full_rows:
         raise MoesimError(f"--rows: {a.rows} must be in 1..{full_rows} (the matrix's rows)")
     rows = min(a.rows or DEFAULT_ROWS, full_rows)
-    try:
-        for _, (_, c) in expert_shapes(spec):
-            check_group(a.group, c)
-    except ConfigError as exc:
-        raise MoesimError(f"--group: {exc}") from None
+    if a.group <= 0:
+        raise MoesimError(f"--group: {a.group} must be a positive number of weights")
+    bad = [f"{n} {r}x{c}" for n, (r, c) in expert_shapes(spec) if c % a.group]
+    if bad:
+        raise MoesimError(f"--group: {a.group} does not divide the row length of "
+                          f"{', '.join(bad)} ({spec.display_name} expert matrices)")
     if not a.df > 2:
         raise MoesimError(f"--df: {a.df} must be > 2 (finite variance)")
     dists = (("gaussian", "Gaussian"), ("student-t", f"Student-t df={a.df:g}"))
