@@ -1,0 +1,143 @@
+"""Shared plumbing of the cache-aware routing policies (cache_prior, cumsum, max_rank).
+
+Not a policy itself. A subclass implements :meth:`CacheAwareRouting._choose`: given the
+router probabilities ``p`` (n, E), the vanilla order (n, E) and the layer's resident mask
+(E,), return the chosen (n, k) experts. This base class
+
+* applies the policy at decode only (prefill returns the trace's experts: the papers change
+  routing per generated token, and prefill is compute-bound anyway);
+* builds the full router distribution (``distribution.py``: the trace's ``router_probs``, or
+  its documented completion when ``completion`` is on);
+* asks the memory hierarchy what is resident (``ctx.hierarchy.resident``: pinned, cached or
+  staged, without touching cache state);
+* returns the chosen experts in vanilla order (by the router's own probabilities; recorded
+  order for recorded experts), so a policy that reroutes nothing reproduces the trace
+  exactly, lookup order included;
+* accumulates the statistics of :meth:`stats`: ``routing.mass_moved`` = sum over decode
+  (token, layer) of p(router's own top-k) - p(chosen set), the gate mass the policy moved
+  away from the router's choice (input to an accuracy proxy); ``routing.rerouted_uses`` =
+  (token, layer, expert) uses of an expert outside the recorded top-k;
+  ``routing.rerouted_tokens`` = (token, layer) pairs with at least one such use;
+  ``routing.decode_uses`` = all decode uses the policy saw.
+
+:meth:`labels` gives run notes (the completion's). The run summary does not read either yet
+(see the branch report for the one-line summary.py change).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...config.strict import field
+from ...errors import ConfigError
+from ...traces.schema import DECODE
+from ..base import RoutingPolicy
+from .distribution import RouterDistribution, combine_weights, resolve_renormalize
+
+
+class CacheAwareRouting(RoutingPolicy):
+    identity = False
+
+    @dataclass(frozen=True, kw_only=True)
+    class Params(RoutingPolicy.Params):
+        protect: int = field(2, min=0, help="J: the router's own top-J experts are always kept "
+                                           "(must be <= top_k)")
+        completion: bool = field(True, help="without router_probs in the trace, complete the "
+                                            "distribution from the top-k scores (labelled run); "
+                                            "false = error")
+        residual: float = field(0.2, min=0.0, max=1.0,
+                                help="completion only, renormalising models: assumed router mass "
+                                     "outside the top-k (UNVERIFIED; router_probs remove it)")
+        renormalize: str = field("auto", choices=("auto", "true", "false"),
+                                 help="whether combine weights are renormalised over the chosen "
+                                      "set; auto = the model's norm_topk_prob")
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        tr = ctx.trace
+        self.k = tr.meta.top_k
+        self.E = tr.meta.num_experts
+        name = getattr(type(self), "registry_name", "routing")
+        if params.protect > self.k:
+            raise ConfigError(f"protect={params.protect} exceeds the model's top_k={self.k}",
+                              source=ctx.source, key="routing.protect")
+        self.check_params(params)
+        self.renormalize = resolve_renormalize(params.renormalize, ctx.model)
+        self.dist = RouterDistribution(tr, completion=params.completion,
+                                       renormalized=self.renormalize, residual=params.residual,
+                                       source=ctx.source, policy=f"routing '{name}'")
+        self._oids = np.arange(ctx.num_layers * self.E, dtype=np.int64).reshape(
+            ctx.num_layers, self.E) * ctx.slices_per_expert
+        self.mass_moved = 0.0
+        self.rerouted_uses = 0
+        self.rerouted_tokens = 0
+        self.decode_uses = 0
+        self.last_weights: np.ndarray | None = None       # combine weights of the last call
+
+    def check_params(self, params) -> None:
+        """Subclass hook for parameter checks that need the model (raise ConfigError)."""
+
+    # ------------------------------------------------------------------ engine hook
+    def resident_mask(self, layer: int) -> np.ndarray:
+        hier = self.ctx.hierarchy
+        return np.fromiter((hier.resident(int(o)) for o in self._oids[layer]), dtype=bool,
+                           count=self.E)
+
+    def route(self, phase, layer, tokens, experts):
+        if phase != DECODE:
+            return experts
+        rows = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        p, ex = self.dist.probs(rows, layer)
+        order = self.dist.vanilla_order(p, ex)
+        chosen = self._choose(rows, layer, p, order, self.resident_mask(layer))
+        # vanilla order of the chosen set: position of each chosen expert in ``order``
+        n = rows.size
+        pos = np.empty((n, self.E), dtype=np.int64)
+        pos[np.arange(n)[:, None], order] = np.arange(self.E)[None, :]
+        cpos = np.take_along_axis(pos, chosen, axis=1)
+        chosen = np.take_along_axis(chosen, np.argsort(cpos, axis=1, kind="stable"), axis=1)
+        # statistics
+        ar = np.arange(n)[:, None]
+        own = p[ar, ex].sum()
+        got = p[ar, chosen].sum()
+        outside = ~(chosen[:, :, None] == ex[:, None, :]).any(axis=2)
+        self.mass_moved += float(own - got)
+        self.rerouted_uses += int(outside.sum())
+        self.rerouted_tokens += int(outside.any(axis=1).sum())
+        self.decode_uses += int(chosen.size)
+        self.last_weights = combine_weights(p, chosen, self.renormalize)
+        return chosen
+
+    def _choose(self, rows, layer, p, order, resident) -> np.ndarray:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ reporting
+    def stats(self) -> dict[str, float]:
+        return {"routing.mass_moved": self.mass_moved,
+                "routing.mass_moved_per_token": (self.mass_moved / (self.decode_uses / self.k)
+                                                 if self.decode_uses else 0.0),
+                "routing.rerouted_uses": self.rerouted_uses,
+                "routing.rerouted_tokens": self.rerouted_tokens,
+                "routing.decode_uses": self.decode_uses}
+
+    def labels(self) -> list[str]:
+        lab = self.dist.label(getattr(type(self), "registry_name", "routing"))
+        return [lab] if lab else []
+
+
+def fill_from_candidates(order: np.ndarray, resident: np.ndarray, k: int, J: int,
+                         width: np.ndarray) -> np.ndarray:
+    """Max Rank / Cumsum frame: keep each row's top-J (vanilla order), then fill the other
+    k - J slots first with resident experts among the row's first ``width[i]`` (>= k) ranks,
+    by rank, then with the highest-ranked non-resident experts. Returns (n, k) experts."""
+    n, E = order.shape
+    res = resident[order]                                       # (n, E) by rank
+    rank = np.arange(E)[None, :]
+    in_a = rank < width[:, None]
+    tail = rank >= J
+    # priority: 0 = top-J, 1 = resident candidate, 2 = the rest (by rank)
+    pri = np.where(~tail, 0, np.where(in_a & res, 1, 2))
+    key = pri * E + rank
+    pick = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(order, pick, axis=1)
