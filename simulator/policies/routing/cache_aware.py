@@ -73,7 +73,23 @@ class CacheAwareRouting(RoutingPolicy):
         self.rerouted_uses = 0
         self.rerouted_tokens = 0
         self.decode_uses = 0
-        self.last_weights: np.ndarray | None = None       # combine weights of the last call
+        self._last = None                                  # (p, chosen) of the last call
+        # per-request blocks of the distribution (all decode rows x layers at once), built on
+        # a request's first routed decode row and dropped after its last row's last layer
+        rid = tr.request_id
+        T = rid.shape[0]
+        change = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
+        ends = np.r_[change[1:], T]
+        dec = tr.phase == DECODE
+        self._blk_start = np.empty(T, dtype=np.int64)
+        self._blk_end = np.empty(T, dtype=np.int64)
+        for a, b in zip(change.tolist(), ends.tolist()):
+            d = np.flatnonzero(dec[a:b])
+            s0 = a + int(d[0]) if d.size else b
+            self._blk_start[a:b] = s0
+            self._blk_end[a:b] = b
+        self._blocks: dict[int, dict] = {}
+        self._L = ctx.num_layers
 
     def check_params(self, params) -> None:
         """Subclass hook for parameter checks that need the model (raise ConfigError)."""
@@ -84,30 +100,54 @@ class CacheAwareRouting(RoutingPolicy):
         return np.fromiter((hier.resident(int(o)) for o in self._oids[layer]), dtype=bool,
                            count=self.E)
 
+    def _gather(self, rows: np.ndarray, layer: int):
+        """(p, ex, order, pos) of decode ``rows`` at ``layer`` from the request blocks."""
+        parts = []
+        for r in rows.tolist():
+            s0 = int(self._blk_start[r])
+            b = self._blocks.get(s0)
+            if b is None:
+                b = self._blocks[s0] = self.dist.block(np.arange(s0, int(self._blk_end[r])))
+            i = r - s0
+            parts.append((b["p"][i, layer], b["ex"][i, layer], b["order"][i, layer],
+                          b["pos"][i, layer]))
+            if layer == self._L - 1 and r == int(self._blk_end[r]) - 1:
+                del self._blocks[s0]
+        if len(parts) == 1:
+            return tuple(x[None, :] for x in parts[0])
+        return tuple(np.stack(x) for x in zip(*parts))
+
     def route(self, phase, layer, tokens, experts):
         if phase != DECODE:
             return experts
         rows = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        p, ex = self.dist.probs(rows, layer)
-        order = self.dist.vanilla_order(p, ex)
+        p, ex, order, pos = self._gather(rows, layer)
         chosen = self._choose(rows, layer, p, order, self.resident_mask(layer))
-        # vanilla order of the chosen set: position of each chosen expert in ``order``
+        # return the chosen set in vanilla order (rank of each chosen expert in ``order``)
         n = rows.size
-        pos = np.empty((n, self.E), dtype=np.int64)
-        pos[np.arange(n)[:, None], order] = np.arange(self.E)[None, :]
-        cpos = np.take_along_axis(pos, chosen, axis=1)
-        chosen = np.take_along_axis(chosen, np.argsort(cpos, axis=1, kind="stable"), axis=1)
-        # statistics
         ar = np.arange(n)[:, None]
+        chosen = chosen[ar, np.argsort(pos[ar, chosen], axis=1, kind="stable")]
+        # statistics
         own = p[ar, ex].sum()
         got = p[ar, chosen].sum()
         outside = ~(chosen[:, :, None] == ex[:, None, :]).any(axis=2)
-        self.mass_moved += float(own - got)
-        self.rerouted_uses += int(outside.sum())
-        self.rerouted_tokens += int(outside.any(axis=1).sum())
+        moved = float(own - got)
+        if moved or outside.any():
+            self.mass_moved += moved
+            self.rerouted_uses += int(outside.sum())
+            self.rerouted_tokens += int(outside.any(axis=1).sum())
         self.decode_uses += int(chosen.size)
-        self.last_weights = combine_weights(p, chosen, self.renormalize)
+        self._last = (p, chosen)
         return chosen
+
+    @property
+    def last_weights(self) -> np.ndarray | None:
+        """Combine weights of the last routed call (original p restricted to the chosen
+        set, renormalised per ``renormalize``); for the accuracy proxy."""
+        if self._last is None:
+            return None
+        p, chosen = self._last
+        return combine_weights(p, chosen, self.renormalize)
 
     def _choose(self, rows, layer, p, order, resident) -> np.ndarray:
         raise NotImplementedError

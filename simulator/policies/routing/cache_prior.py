@@ -54,29 +54,27 @@ class CachePrior(CacheAwareRouting):
         self._rid = ctx.trace.request_id
 
     def _choose(self, rows, layer, p, order, resident):
-        n, E, k, J = p.shape[0], self.E, self.k, self.params.protect
+        n, k, J = p.shape[0], self.k, self.params.protect
         z = logits(p)
         ar = np.arange(n)[:, None]
         rng = z.max(axis=1) - z.min(axis=1)
         delta = np.empty(n)
-        lam, a = self.params.boost, self.params.ema
+        a = self.params.ema
         for i, r in enumerate(self._rid[rows].tolist()):
             d = self._delta.get(r)
             if d is None:
                 d = self._delta[r] = np.full(self.ctx.num_layers, np.nan)
-            d[layer] = rng[i] if np.isnan(d[layer]) else a * d[layer] + (1.0 - a) * rng[i]
-            delta[i] = d[layer]
-        rec = order[:, :k]
-        zmin_rec = z[ar, rec].min(axis=1, keepdims=True)
-        zr = np.minimum(z, zmin_rec)                    # outsiders capped at the k-th logit
-        zr[ar, rec] = z[ar, rec]
-        m = np.broadcast_to(resident, (n, E)).copy()
-        m[ar, order[:, :J]] = True
-        zt = zr + (lam * delta)[:, None] * m
-        # rank by z̃, ties by vanilla order
-        zt_o = np.take_along_axis(zt, order, axis=1)
-        pick = np.argsort(-zt_o, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(order, pick, axis=1)
+            v = d[layer]
+            d[layer] = v = rng[i] if v != v else a * v + (1.0 - a) * rng[i]
+            delta[i] = v
+        # z and the bonus mask in vanilla order (column j = the row's j-th ranked expert)
+        zo = z[ar, order]
+        zo[:, k:] = np.minimum(zo[:, k:], zo[:, :k].min(axis=1, keepdims=True))
+        m = resident[order]
+        m[:, :J] = True
+        zo += (self.params.boost * delta)[:, None] * m
+        pick = np.argsort(-zo, axis=1, kind="stable")[:, :k]   # ties: vanilla order
+        return order[ar, pick]
 
     def on_request_end(self, rid: int) -> None:       # not called by the engine today
         self._delta.pop(rid, None)

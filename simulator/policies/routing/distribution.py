@@ -102,18 +102,40 @@ class RouterDistribution:
     def probs(self, rows: np.ndarray, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """(p (n, E) float64 rows summing to 1, recorded experts (n, k) int64)."""
         tr = self.trace
-        ex = tr.experts[rows, layer].astype(np.int64)
-        if ex.ndim == 1:
-            ex = ex[None, :]
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        ex = tr.experts[rows, layer].astype(np.int64).reshape(-1, self.k)
         if not self.completed:
             p = np.asarray(tr.router_probs[rows, layer], dtype=np.float64).reshape(-1, self.E)
             p = np.maximum(p, 0.0)
             return p / p.sum(axis=1, keepdims=True), ex
-        return self._complete(np.asarray(rows).reshape(-1), layer, ex), ex
+        prior = np.broadcast_to(self.prior[layer], (rows.size, self.E))
+        return self._complete(rows, np.full(rows.size, layer), ex, prior), ex
 
-    def _complete(self, rows, layer, ex):
+    def block(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Everything a ranking policy needs for trace ``rows`` at every layer, computed in
+        one vectorised pass (rows x layers x experts): ``p``, ``ex`` (recorded experts),
+        ``order`` (vanilla order) and ``pos`` (each expert's rank in it), all (n, L, ...)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n, L, E, k = rows.size, self.trace.meta.num_layers, self.E, self.k
+        ex = self.trace.experts[rows].astype(np.int64).reshape(n * L, k)
+        if not self.completed:
+            p = np.asarray(self.trace.router_probs[rows], dtype=np.float64).reshape(n * L, E)
+            p = np.maximum(p, 0.0)
+            p = p / p.sum(axis=1, keepdims=True)
+        else:
+            layers = np.tile(np.arange(L), n)
+            p = self._complete(np.repeat(rows, L), layers, ex, self.prior[layers])
+        order = self.vanilla_order(p, ex)
+        pos = np.empty_like(order)
+        np.put_along_axis(pos, order, np.broadcast_to(np.arange(E), order.shape), axis=1)
+        return {"p": p.reshape(n, L, E), "ex": ex.reshape(n, L, k),
+                "order": order.reshape(n, L, E), "pos": pos.reshape(n, L, E)}
+
+    def _complete(self, rows, layers, ex, prior):
+        """Completed distribution of (row, layer) pairs ``rows[i], layers[i]`` with recorded
+        experts ``ex`` (n, k) and per-pair prior (n, E)."""
         n, E, k = ex.shape[0], self.E, self.k
-        s = np.asarray(self.trace.scores[rows, layer], dtype=np.float64).reshape(n, k)
+        s = np.asarray(self.trace.scores[rows, layers], dtype=np.float64).reshape(n, k)
         s = np.maximum(s, 0.0)
         if self.renormalized:
             tot = s.sum(axis=1, keepdims=True)
@@ -131,7 +153,6 @@ class RouterDistribution:
         free = np.ones((n, E), dtype=bool)
         free[ar, ex] = False
         out = np.zeros((n, E), dtype=np.float64)
-        prior = np.broadcast_to(self.prior[layer], (n, E))
         left = rem.copy()
         for _ in range(E - k + 1):                                   # water-filling
             w = np.where(free, prior, 0.0)
