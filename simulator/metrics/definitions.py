@@ -87,6 +87,13 @@ METRICS: list[tuple[str, str, str]] = [
     ("prefetch.accuracy", "fraction", "prefetch.useful / prefetch.issued"),
     ("prefetch.coverage", "fraction", "prefetch.useful / misses (misses that a prefetch served)"),
     ("bytes.prefetched.<phase>", "B", "bytes moved by prefetches issued in that phase"),
+    # cache-aware routing (policies/routing/cache_aware.py; only with such a policy)
+    ("routing.mass_moved", "prob", "sum over decode token-layers of the router's own top-k "
+     "probability mass minus that of the experts chosen (0 when nothing is rerouted)"),
+    ("routing.mass_moved_per_token", "prob", "routing.mass_moved per decode token-layer"),
+    ("routing.rerouted_uses", "count", "decode token-expert uses not in the router's own top-k"),
+    ("routing.rerouted_tokens", "count", "decode token-layers with at least one rerouted use"),
+    ("routing.decode_uses", "count", "decode token-expert uses the routing policy decided"),
     # mixed precision (policies/mixed_precision)
     ("precision.low_uses", "count", "token-expert uses run from a low-bit copy"),
     ("precision.low_fraction", "fraction", "precision.low_uses / token-expert uses looked up "
