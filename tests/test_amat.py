@@ -12,7 +12,7 @@ from simulator.quant.amat import (
     naive_asym_truncate, naive_sym_truncate, quantize_asym, quantize_sym, rtn_truncate,
     slice_bytes, split_slices)
 from simulator.quant.cli import synthetic
-from tests.conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli
 
 # Row 0 worked by hand at (b_high, b_low) = (4, 2), one group of 4:
 #   min -1, max 2.75, Q = 15: scale = 3.75 / 15 = 0.25, z = round(1 / 0.25) = 4
