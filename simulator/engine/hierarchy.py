@@ -8,15 +8,19 @@ An object (an expert, or one slice of it: policies/base.py) is, at any instant, 
     staged      a prefetch that landed in the staging buffer and was not used yet (released
                 when its layer's lookups pass without it);
     in flight   a prefetch still moving;
-    at home     only on its home device (placement's choice; ``rehome`` moves it), and on
-                any replica devices (``add_replica``): an object with copies is read from
-                them in turn (home, then each copy), spreading its reads over the devices.
+    at home     only on its home device (placement's choice; ``rehome`` and ``move``
+                change it), and on any replica devices (``add_replica``), and, with faults
+                on, on its backing device (engine/faults.py).
 
-The iteration loop (engine/simulation.py) asks three things per MoE layer: ``lookup`` (which
-of the layer's objects are resident now: hits update the cache policy's state, the rest
-enter the cache in lookup order as they are fetched), ``prefetch`` (background transfers a
-policy asks for) and ``fetch`` (when each missing object arrives). Placement, prefetch and
-migration change the state only through these methods, so a new policy never touches the loop.
+The iteration loop (engine/simulation.py) asks one thing per MoE layer: ``access`` decides
+the layer's hits (the cache policy's state is updated; the rest enter the cache in lookup
+order), lets the prefetcher issue background transfers, and returns when each missing object
+arrives. Which copy a miss reads is planned per fetch (``_plan``): the home, or copies in turn,
+when nothing is replicated, failed or moving; otherwise live copies only, chosen by the
+scheduler policy, which also sets the issue order. Migration moves objects between devices
+in the background (``move``); faults stop devices and restart what they were sending
+(``fail``, ``recover``). Policies change the state only through these methods, so a new
+policy never touches the loop.
 
 Transfers run on the fluid network of engine/flows.py. The executor is the only source of
 transfers and issues them in time order, so the network needs no events: it is advanced
