@@ -15,9 +15,9 @@ An object (an expert, or one slice of it: policies/base.py) is, at any instant, 
 The iteration loop (engine/simulation.py) asks one thing per MoE layer: ``access`` decides
 the layer's hits (the cache policy's state is updated; the rest enter the cache in lookup
 order), lets the prefetcher issue background transfers, and returns when each missing object
-arrives. Which copy a miss reads is planned per fetch (``_plan``): the home, or copies in turn,
-when nothing is replicated, failed or moving; otherwise live copies only, chosen by the
-scheduler policy, which also sets the issue order. Migration moves objects between devices
+arrives. Which copy a miss reads is planned per fetch (``_plan``): the home when no scheduler,
+replica, migration or fault is configured; otherwise a live copy, in turn or as the
+scheduler policy chooses (it also sets the issue order). Migration moves objects between devices
 in the background (``move``); faults stop devices and restart what they were sending
 (``fail``, ``recover``). Policies change the state only through these methods, so a new
 policy never touches the loop.
