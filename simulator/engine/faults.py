@@ -164,9 +164,6 @@ class FaultState:
         if self.first_fail is None:
             self.first_fail = t
             self.first_return = ret
-        for oid, copies in list(hier._replicas.items()):
-            if dev in copies[1:]:
-                hier.drop_replica(oid, dev)
         homed = hier.fail(dev, t)
         if not self.cfg.rehome:
             return

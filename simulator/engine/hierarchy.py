@@ -91,12 +91,12 @@ class MemoryHierarchy:
         self.down: set[int] = set()              # failed devices
         self.backing: np.ndarray | None = None   # device of each object's backing copy
         self.faults = None                       # engine/faults.py FaultState, or None
-        self.moves: dict[int, tuple] = {}        # object -> (flow, dst, as_replica, reason)
+        self.moves: dict[int, tuple] = {}        # object -> (flow, dst, reason)
         self._reserved = [0.0] * nd              # bytes of moves under way, per destination
         self.moved: dict[tuple, float] = {}      # (phase, src, dst) -> bytes of finished moves
         self.move_log: list[tuple] = []          # (start, end, oid, src, dst, reason)
-        self.move_counts = {"migrate": 0, "rehome": 0, "return": 0, "replica": 0}
-        self.move_bytes = {"migrate": 0.0, "rehome": 0.0, "return": 0.0, "replica": 0.0}
+        self.move_counts = {"migrate": 0, "rehome": 0, "return": 0}
+        self.move_bytes = {"migrate": 0.0, "rehome": 0.0, "return": 0.0}
         self.unavailable = 0                     # lookups that found no live copy (waited)
         self.unavailable_wait = 0.0              # seconds they waited for a recovery
         self.restarted = 0                       # transfers restarted from another source
@@ -195,11 +195,25 @@ class MemoryHierarchy:
             del self._replicas[oid]
         self._refresh()
 
-    def _rotate(self, oid: int) -> None:
-        """The next read of a replicated object goes to its next copy."""
+    def _rotate(self, oid: int, read=None) -> None:
+        """The next read of a replicated object goes to the copy after ``read`` (default:
+        the one this read used)."""
         copies = self._replicas[oid]
-        i = copies.index(self._home[oid]) + 1
+        d = self._home[oid] if read is None else read
+        i = copies.index(d) + 1 if d in copies else 0
         self._home[oid] = copies[i % len(copies)]
+
+    def _set_home(self, oid: int, device: int) -> None:
+        """``device`` becomes the object's home; a copy already there becomes the home, and
+        the old home is no longer a copy. No checks (callers check room)."""
+        copies = self._replicas.get(oid)
+        if copies:
+            if device in copies:
+                copies.remove(device)
+            copies[0] = device
+            if len(copies) == 1:
+                del self._replicas[oid]
+        self.home[oid] = device
 
     def rehome(self, oid: int, device: int) -> None:
         """Make ``device`` the object's home (placement or migration moving it). Its capacity
@@ -209,10 +223,7 @@ class MemoryHierarchy:
             raise SimulationError(f"object {oid} already has a copy on device {device}; "
                                   "drop it first")
         self._check_room(oid, device, "rehome")
-        copies = self._replicas.get(oid)
-        if copies:
-            copies[0] = device
-        self.home[oid] = device
+        self._set_home(oid, device)
         self._refresh()
 
     def initialize(self) -> None:
@@ -381,11 +392,15 @@ class MemoryHierarchy:
             if plain:
                 dev = home[oid]
             else:
-                dev, wait = self._source(oid, sizes[oid], None, t)
-                if wait:                      # no live copy: not worth a prefetch
-                    continue
                 if self.scheduler is not None and oid in replicated:
-                    dev = self.scheduler.choose(self, oid, sizes[oid], self.live_copies(oid))
+                    live = self.live_copies(oid)
+                    if not live:
+                        continue
+                    dev = self.scheduler.choose(self, oid, sizes[oid], live)
+                else:
+                    dev, wait = self._source(oid, t)
+                    if wait:                  # no live copy: not worth a prefetch
+                        continue
                 self.reads[oid] += 1
             size = sizes[oid]
             f = Flow(size, *paths[dev], (oid, dev, phase, PREFETCH), _INF, 1)
@@ -533,7 +548,7 @@ class MemoryHierarchy:
                 return devs, prios, None
         devs, waits = [], []
         for oid, _c in missed:
-            d, w = self._source(oid, sizes[oid], None, t)
+            d, w = self._demand_source(oid, t)
             devs.append(d)
             waits.append(w)
         return devs, None, (waits if any(waits) else None)
@@ -552,9 +567,10 @@ class MemoryHierarchy:
                 return (b,)
         return live
 
-    def _source(self, oid: int, size: float, _queued, t: float) -> tuple[int, float]:
+    def _source(self, oid: int, t: float) -> tuple[int, float]:
         """(device, wait) for one read of ``oid`` at ``t``: a live copy in turn (replicas
-        rotate); with none live, the copy whose device returns first and the wait for it."""
+        rotate); with none live, the copy whose device returns first and the wait for it
+        (the caller counts it as unavailability)."""
         if not self.down and oid not in self._replicas:
             return self._home[oid], 0.0
         live = self.live_copies(oid)
@@ -563,9 +579,7 @@ class MemoryHierarchy:
             if d not in live:
                 d = live[0]
             if oid in self._replicas:
-                copies = self._replicas[oid]
-                i = copies.index(d) if d in copies else -1
-                self._home[oid] = copies[(i + 1) % len(copies)]
+                self._rotate(oid, d)
             return d, 0.0
         cands = list(self.replicas(oid))
         if self.backing is not None:
@@ -575,19 +589,15 @@ class MemoryHierarchy:
         if not back:
             raise SimulationError(f"object {oid}: every copy is down and none returns")
         tr, d = min(back)
-        self.unavailable += 1
-        self.unavailable_wait += tr - t
         return d, tr - t
 
-    def queued_bytes(self) -> list[float]:
-        """Bytes still to move per source device, over the transfers under way."""
-        q = [0.0] * len(self.system.devices)
-        rem = self.net.remaining
-        for f in self.inflight.values():
-            q[f.tag[1]] += rem(f)
-        for f, _d, _r, _why in self.moves.values():
-            q[f.tag[1]] += rem(f)
-        return q
+    def _demand_source(self, oid: int, t: float) -> tuple[int, float]:
+        """``_source`` for a demand read: a wait for a recovery counts as unavailability."""
+        d, w = self._source(oid, t)
+        if w:
+            self.unavailable += 1
+            self.unavailable_wait += w
+        return d, w
 
     def _run(self, flows) -> None:
         """Run the network until ``flows`` are done; failures and returns due meanwhile are
@@ -649,10 +659,10 @@ class MemoryHierarchy:
         d = self.system.devices[device]
         return d.spec.capacity_bytes - self._used_bytes(device) - self._reserved[device]
 
-    def move(self, oid: int, dst: int, t: float, *, as_replica: bool = False,
-             reason: str = "migrate", demand: bool = False) -> bool:
+    def move(self, oid: int, dst: int, t: float, *, reason: str = "migrate",
+             demand: bool = False) -> bool:
         """Copy ``oid`` to device ``dst`` in the background from a live copy, then make
-        ``dst`` its home (or, ``as_replica``, one more copy). The copy reserves room on
+        ``dst`` its home (``reason``: migrate, rehome or return). The copy reserves room on
         ``dst`` while it moves, runs below demand and prefetch priority (it uses bandwidth
         they leave; ``demand``: at demand priority instead, sharing max-min fairly with
         demand fetches, so it cannot starve behind a saturated device) and crosses
@@ -673,7 +683,7 @@ class MemoryHierarchy:
         f = Flow(size, res, lat, (oid, src, self._phase, MIGRATE), _INF,
                  0 if demand else MIGRATE_PRIORITY)
         self._reserved[dst] += size
-        self.moves[oid] = (f, dst, as_replica, reason)
+        self.moves[oid] = (f, dst, reason)
         self.net.start([f], t)
         return True
 
@@ -683,7 +693,7 @@ class MemoryHierarchy:
         if entry is None or entry[0] is not f:
             return
         del self.moves[oid]
-        _f, dst, as_replica, reason = entry
+        _f, dst, reason = entry
         size = f.size
         self._reserved[dst] -= size
         key = (phase, src, dst)
@@ -691,17 +701,7 @@ class MemoryHierarchy:
         self.move_counts[reason] += 1
         self.move_bytes[reason] += size
         self.move_log.append((f.start_at, f.done_at, oid, src, dst, reason))
-        if as_replica:
-            self._replicas.setdefault(oid, [int(self.home[oid])]).append(dst)
-        else:
-            copies = self._replicas.get(oid)
-            if copies:
-                if dst in copies:
-                    copies.remove(dst)
-                copies[0] = dst
-                if len(copies) == 1:
-                    del self._replicas[oid]
-            self.home[oid] = dst
+        self._set_home(oid, dst)
         self._refresh()
 
     def cancel_moves(self, oids, t: float) -> None:
@@ -720,11 +720,16 @@ class MemoryHierarchy:
 
     # ------------------------------------------------------------------ faults
     def fail(self, device: int, t: float) -> list[int]:
-        """``device`` fails at ``t`` (the network is at ``t``): transfers reading it (demand,
-        prefetch, moves) and moves to it stop; demand fetches and prefetches restart from
-        another live copy. Returns the objects whose home it was (engine/faults.py re-homes
+        """``device`` fails at ``t`` (the network is at ``t``): copies on it are dropped;
+        transfers reading it (demand, prefetch, moves) and moves to it stop; demand fetches
+        and prefetches restart from another live copy. Returns the objects whose home it was (engine/faults.py re-homes
         them)."""
         self.down.add(device)
+        for oid in [o for o, c in self._replicas.items() if device in c[1:]]:
+            copies = self._replicas[oid]           # a copy on it is gone
+            copies.remove(device)
+            if len(copies) == 1:
+                del self._replicas[oid]
         self._refresh()
         net = self.net
         self.cancel_moves([o for o, e in self.moves.items()
@@ -747,7 +752,7 @@ class MemoryHierarchy:
                     oid, _d, phase, purpose = f.tag
                     self.cut_bytes[phase][device] += f.size - net.remaining(f)
                     net.cancel([f], t)
-                    dev, wait = self._source(oid, f.size, None, t)
+                    dev, wait = self._demand_source(oid, t)
                     res, lat = self.paths[dev]
                     nf = Flow(f.size, res, lat + wait, (oid, dev, phase, purpose), _INF, 0)
                     net.start([nf], t)
@@ -755,23 +760,13 @@ class MemoryHierarchy:
                     self.served[phase][device] -= 1
                     flows[i] = nf
                     self.restarted += 1
-        return [o for o in range(len(self._home)) if int(self.home[o]) == device
-                and not self._pinned[o]]
+        return np.flatnonzero((self.home == device) & ~self.pinned).tolist()
 
     def adopt_backing(self, oids) -> None:
         """Make each object's backing copy its home (its home failed and no live device of
         its tier could take it). No capacity check: the copy is already there."""
         for oid in oids:
-            b = int(self.backing[oid])
-            copies = self._replicas.get(oid)
-            if copies:
-                if b in copies:
-                    copies.remove(b)
-                copies.insert(0, b)
-                copies.pop(1)
-                if len(copies) == 1:
-                    del self._replicas[oid]
-            self.home[oid] = b
+            self._set_home(oid, int(self.backing[oid]))
         self._refresh()
 
     def recover(self, device: int, t: float) -> None:

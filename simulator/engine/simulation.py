@@ -67,6 +67,7 @@ class Simulation:
             per = self.mixed.slice_bytes(float(model.expert_bytes(self.precision)))
             self.ctx.object_bytes = np.tile(np.asarray(per, dtype=np.float64),
                                             self.ctx.num_objects // len(per))
+        self._object_sizes = self.ctx.object_bytes.tolist()   # plain floats for the hot path
         self.fast_path = fast_path
 
         # policies
@@ -279,7 +280,7 @@ class Simulation:
                     t = run_arrivals(phase, arrivals, items, t_hit)
                 continue
             if mixed:                 # objects of several sizes: compute reads their bytes
-                sizes = self.ctx.object_bytes
+                sizes = self._object_sizes
                 res_b = sum(sizes[o] for o in oids) - (
                     sum(sizes[it[0]] for it in items) if items else 0.0)
                 t_hit = t + compute.moe_weights(n, res_a, res_b, phase)
