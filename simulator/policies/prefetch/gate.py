@@ -45,6 +45,7 @@ import numpy as np
 
 from ...config.strict import field
 from ...errors import SimulationError
+from ..base import PrefetchPolicy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,3 +169,29 @@ class Gate:
             order = sorted(range(len(out)), key=lambda q: -ps[q])    # stable: nearer first
             out = [out[q] for q in order]
         return out
+
+
+class OnlinePrefetch(PrefetchPolicy):
+    """What the online predictors (transition, token_reuse, moe_infinity) share: the engine
+    calls ``on_layer_start`` with one rows array per iteration, so a new array (or layer 0)
+    starts an iteration. ``_observe`` then commits what the last one taught (``_commit``),
+    refreshes the gate's thresholds (homes may have moved) and lets the policy prepare the new
+    rows (``_begin``); ``_maxl`` is the deepest layer of the iteration seen so far."""
+
+    _last: np.ndarray | None = None
+    _maxl = -1
+
+    def _observe(self, layer: int, tokens: np.ndarray) -> None:
+        if tokens is not self._last or layer == 0:
+            self._commit()
+            self._last = tokens
+            self.gate.refresh()
+            self._begin(tokens)
+        if layer > self._maxl:
+            self._maxl = layer
+
+    def _commit(self) -> None:
+        """Learn from the iteration that just ended (rows ``_last``, layers <= ``_maxl``)."""
+
+    def _begin(self, tokens: np.ndarray) -> None:
+        """Prepare predictions for a new iteration's rows."""

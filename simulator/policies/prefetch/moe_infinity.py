@@ -42,12 +42,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...config.strict import field
-from ..base import PREFETCH, PrefetchPolicy
-from .gate import Gate, GateParams
+from ..base import PREFETCH
+from .gate import Gate, GateParams, OnlinePrefetch
 
 
 @PREFETCH.register("moe_infinity")
-class MoEInfinityPrefetch(PrefetchPolicy):
+class MoEInfinityPrefetch(OnlinePrefetch):
     @dataclass(frozen=True, kw_only=True)
     class Params:
         lookahead: int = field(1, min=1, help="target layers l+1 .. l+lookahead (MoE-Infinity "
@@ -147,13 +147,7 @@ class MoEInfinityPrefetch(PrefetchPolicy):
 
     # ------------------------------------------------------------------ prediction
     def on_layer_start(self, phase: int, layer: int, tokens: np.ndarray) -> list[int]:
-        if tokens is not self._last or layer == 0:
-            self._commit()
-            self._last = tokens
-            self.gate.refresh()
-            self._begin(tokens)
-        if layer > self._maxl:
-            self._maxl = layer
+        self._observe(layer, tokens)
         ns = self.n_stored
         if ns == 0:
             return []

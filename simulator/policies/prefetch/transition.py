@@ -36,12 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...config.strict import field
-from ..base import PREFETCH, PrefetchPolicy
-from .gate import Gate, GateParams
+from ..base import PREFETCH
+from .gate import Gate, GateParams, OnlinePrefetch
 
 
 @PREFETCH.register("transition")
-class TransitionPrefetch(PrefetchPolicy):
+class TransitionPrefetch(OnlinePrefetch):
     @dataclass(frozen=True, kw_only=True)
     class Params:
         lookahead: int = field(1, min=1, help="target layers l+1 .. l+lookahead (chained transitions)")
@@ -69,6 +69,9 @@ class TransitionPrefetch(PrefetchPolicy):
         self._row = -1                        # the iteration's row when it has one token
 
     # ------------------------------------------------------------------ learning
+    def _begin(self, tokens: np.ndarray) -> None:
+        self._row = int(tokens[0]) if tokens.size == 1 else -1
+
     def _commit(self) -> None:
         """Count the finished iteration's observed layers 0..maxl; refresh the touched rows
         of the smoothed conditionals."""
@@ -112,13 +115,7 @@ class TransitionPrefetch(PrefetchPolicy):
 
     # ------------------------------------------------------------------ prediction
     def on_layer_start(self, phase: int, layer: int, tokens: np.ndarray) -> list[int]:
-        if tokens is not self._last or layer == 0:
-            self._commit()
-            self._last = tokens
-            self._row = int(tokens[0]) if tokens.size == 1 else -1
-            self.gate.refresh()
-        if layer > self._maxl:
-            self._maxl = layer
+        self._observe(layer, tokens)
         hi = layer + self.params.lookahead
         if hi > self.L - 1:
             hi = self.L - 1
