@@ -440,7 +440,7 @@ def collect(sim: "Simulation") -> RunResult:
         s[f"bytes.prefetched.{name}"] = h.pf_bytes[p]
     # ------------------------------------------------------------ mixed precision
     s.update(sim.mixed.summary())
-    s.update(getattr(sim.routing, "stats", dict)())       # cache-aware routing (routing.*)
+    s.update(sim.routing.stats())                         # cache-aware routing (routing.*)
     # ------------------------------------------------------------ faults
     from ..engine.faults import fault_report
     s.update(fault_report(sim))
@@ -481,6 +481,6 @@ def collect(sim: "Simulation") -> RunResult:
     if sim.trace.imputed is not None and sim.trace.imputed.any():
         notes.append(f"trace: {int(sim.trace.imputed.sum())} (token, layer) cells were imputed "
                      "by the importer")
-    notes.extend(getattr(sim.routing, "labels", list)())
+    notes.extend(sim.routing.labels())
     return RunResult(summary=s, requests=requests, steps=steps, transfers=transfers,
                      layers=layers, hardware=sysm.describe(), notes=notes)

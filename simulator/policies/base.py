@@ -171,6 +171,14 @@ class RoutingPolicy(Policy):
         given the recorded choice ``experts``."""
         raise NotImplementedError
 
+    def stats(self) -> dict[str, float]:
+        """Summary metrics of the rerouting (``routing.*``); none by default."""
+        return {}
+
+    def labels(self) -> list[str]:
+        """Notes the run's results must carry (e.g. an approximated router distribution)."""
+        return []
+
 
 # ---------------------------------------------------------------------------- warmup
 class WarmupPolicy(Policy):
