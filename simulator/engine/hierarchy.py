@@ -41,7 +41,7 @@ from ..hardware.system import System
 from .flows import Flow, FlowNetwork, Resource
 from .transfer_log import TransferLog
 
-DEMAND, PREFETCH, MIGRATE = 0, 1, 2
+DEMAND, PREFETCH, MIGRATE, FILL = 0, 1, 2, 3
 MIGRATE_PRIORITY = 2          # below prefetches: migrations use what demand and prefetch leave
 
 
@@ -52,7 +52,7 @@ def _no_prefetch(phase, layer, rows):
 class MemoryHierarchy:
     def __init__(self, ctx, system: System, home: np.ndarray, cache, prefetcher=None, *,
                  log_events: bool, fast_path: bool = True, scheduler=None,
-                 dynamic: bool = False):
+                 dynamic: bool = False, fills: bool = False):
         self.ctx, self.system, self.cache = ctx, system, cache
         self.home = home                                   # device index per object
         self.pinned = home == system.local.index
@@ -74,6 +74,16 @@ class MemoryHierarchy:
         self.transfers = TransferLog()
         # prefetch state
         self.prefetching = prefetcher is not None
+        # background cache fills (``fill``): the network then carries traffic nothing waits
+        # for, so lookups advance it first and the one-device closed form is off
+        self.fills = fills
+        self.filling: dict[int, Flow] = {}       # object -> its fill flow, until it lands
+        self.fill_count = 0
+        self.fill_bytes = [0.0, 0.0]
+        # objects looked up during prefill since the last ``take_prefill_seen`` (warm-up
+        # policies that choose the decode-start cache from what prefill streamed through)
+        self.track_prefill = False
+        self._prefill_seen: set[int] = set()
         self.inflight: dict[int, Flow] = {}      # object -> its prefetch flow, until it lands
         self.staged: dict[int, int] = {}         # landed prefetches, not used yet -> source
         self._released: set = set()              # prefetch flows released before landing
@@ -105,7 +115,7 @@ class MemoryHierarchy:
         self._phase = 0                          # phase of the last lookup (moves count in it)
         self.reads = [0] * ctx.num_objects       # reads of each object from a device (kept
         #                                          when sources are planned: dynamic runs)
-        self.access = (self._access_prefetching if prefetcher is not None or dynamic
+        self.access = (self._access_prefetching if prefetcher is not None or dynamic or fills
                        else self._access)
         # fetch shortcuts: the one-device closed form (set by _refresh) and reused outcomes of
         # isolated multi-device fetches, each settled onto the resources at the end
@@ -134,7 +144,8 @@ class MemoryHierarchy:
         unpinned, sizes = self.home[~self.pinned], self.ctx.object_bytes
         self._uniform = None
         self._plain = (self.scheduler is None and not self.dynamic and not self._replicas)
-        if (self.fast_path and not self.prefetching and unpinned.size and self._plain
+        if (self.fast_path and not self.prefetching and not self.fills and unpinned.size
+                and self._plain
                 and (unpinned == unpinned[0]).all() and (sizes == sizes[0]).all()):
             self._uniform = (int(unpinned[0]), float(sizes[0]))
             res, self._uni_lat = self.paths[self._uniform[0]]
@@ -263,7 +274,15 @@ class MemoryHierarchy:
                 rest.append((oid, c))
         self.layer_lookups[phase][layer] += i
         self.layer_hits[phase][layer] += hit_u
+        if phase == 0 and self.track_prefill:
+            self._prefill_seen.update(oids)
         return hit_u, hit_a, rest
+
+    def take_prefill_seen(self) -> set[int]:
+        """Objects looked up (or filled) in prefill since the last call, and forget them.
+        Only kept while ``track_prefill`` is set (a warm-up policy asks for it)."""
+        seen, self._prefill_seen = self._prefill_seen, set()
+        return seen
 
     def _access(self, phase: int, layer: int, oids, counts, t: float, rows=None):
         """Look up a layer's distinct objects at ``t`` (token counts per object, or None = 1
@@ -291,6 +310,11 @@ class MemoryHierarchy:
         net = self.net
         self.advance_to(t)
         res_u, res_a, rest = self._hits(phase, layer, oids, counts)
+        late = []
+        if self.filling:
+            res_u, res_a = self._pending_fills(oids, counts, rest, res_u, res_a, late)
+        if rest is None and late:
+            rest = []
         if rest is None:
             if self.staged or self.inflight:
                 self._release(layer, oids)
@@ -299,7 +323,7 @@ class MemoryHierarchy:
         inflight, staged = self.inflight, self.staged
         sizes, served, admit = self._sizes, self.served[phase], self._admit
         self._phase = phase
-        missed, late = [], []
+        missed = []
         for oid, c in rest:
             if oid in staged:
                 served[staged.pop(oid)] += 1      # counted where the prefetch read it
@@ -331,6 +355,62 @@ class MemoryHierarchy:
             return res_u, res_a, [f.done_at for f in flows], late
         arrivals = self._fetch_general(phase, missed, late or None, t, True)
         return res_u, res_a, arrivals, missed + late
+
+    def _pending_fills(self, oids, counts, rest, res_u, res_a, late):
+        """Lookups of objects whose background fill is still moving: a cache hit waits for
+        the fill's flow (joined to ``late``, promoted to demand); a miss (the object was
+        evicted before it landed) forgets the fill, whose bytes still move. Returns the
+        resident counts without the waited-for hits."""
+        filling = self.filling
+        missed = {o for o, _c in rest} if rest else ()
+        for i, oid in enumerate(oids):
+            f = filling.get(oid)
+            if f is None:
+                continue
+            del filling[oid]
+            if oid in missed:
+                continue
+            c = 1 if counts is None else counts[i]
+            late.append((oid, c, f))
+            res_u -= 1
+            res_a -= c
+        return res_u, res_a
+
+    def fill(self, phase: int, oids, t: float) -> None:
+        """Load ``oids`` into the cache in the background at ``t``: each is admitted now (as a
+        demand miss is, evicting what the cache policy chooses) and its bytes move from its
+        home at demand priority, sharing bandwidth with the lookups that follow, but nothing
+        waits for them. A later lookup that finds the object still moving waits for it. Used
+        by mixed-precision policies that run an expert at the precision resident now and load
+        the rest of it for next time (SliceMoE's LSB slices). Needs ``fills=True``."""
+        if not self.fills:
+            raise SimulationError("fill() needs a MemoryHierarchy built with fills=True")
+        self.advance_to(t)
+        pinned, contains, sizes, paths = self._pinned, self.cache.contains, self._sizes, self.paths
+        track = phase == 0 and self.track_prefill
+        flows = []
+        for oid in oids:
+            if pinned[oid] or contains(oid) or oid in self.staged or oid in self.filling:
+                continue
+            if oid in self.inflight:                  # a prefetch already moving it
+                continue
+            size = sizes[oid]
+            if not self._admit(oid, size):
+                continue
+            if self._plain:
+                dev, wait = self._home[oid], 0.0
+            else:
+                dev, wait = self._source(oid, t)
+                self.reads[oid] += 1
+            f = Flow(size, paths[dev][0], paths[dev][1] + wait, (oid, dev, phase, FILL), _INF, 0)
+            flows.append(f)
+            self.filling[oid] = f
+            self.fill_count += 1
+            self.fill_bytes[phase] += size
+            if track:
+                self._prefill_seen.add(oid)
+        if flows:
+            self.net.start(flows, t)
 
     def _release(self, layer: int, oids) -> None:
         """The layer's lookups are done: prefetches of its objects that it did not use are
@@ -782,6 +862,10 @@ class MemoryHierarchy:
         self.fetched_bytes[phase][dev] += f.size
         if self.log_events:
             self.transfers.add(f.start_at, f.done_at, f.size, 1, dev, phase, purpose, (oid,))
+        if purpose == FILL:
+            if self.filling.get(oid) is f:
+                del self.filling[oid]
+            return
         if purpose == PREFETCH and self._released and f in self._released:
             self._released.discard(f)            # released before it landed: not staged
             return

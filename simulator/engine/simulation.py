@@ -101,7 +101,10 @@ class Simulation:
             self.prefetch if self.prefetch_active else None,
             log_events=self.log_events, fast_path=fast_path,
             scheduler=self.scheduler if self.scheduler.active else None,
-            dynamic=self.migration_active or bool(faults))
+            dynamic=self.migration_active or bool(faults),
+            fills=self.mixed_active and bool(self.mixed.fills))
+        self.hierarchy.track_prefill = bool(self.warmup.tracks_prefill)
+        self._after_lookup = self.mixed.after_lookup if self.hierarchy.fills else None
         self.ctx.hierarchy = self.hierarchy      # for dynamic policies (migration)
         for i, (oid, dev) in enumerate(self.placement.replicas()):
             try:
@@ -217,7 +220,8 @@ class Simulation:
         if not self.routing.identity:
             ex = np.asarray(self.routing.route(phase, layer, rows, ex), dtype=np.int64)
         if self.mixed_active:
-            return self.mixed.select(phase, layer, rows, ex, self.hierarchy)
+            return self.mixed.select(phase, layer, rows, ex, self.hierarchy,
+                                     self.routing.gate_scores(phase, layer, rows))
         o = (layer * self.ctx.num_experts + ex.ravel()) * self.ctx.slices_per_expert
         if rows.size == 1:       # one token: its experts in its own (gate) order, as unrouted
             seen = dict.fromkeys(o.tolist(), 0)
@@ -259,6 +263,7 @@ class Simulation:
         horizon = env.peek() if self.fast_path else -math.inf
         per_layer = type(lookups) is list               # precomputed (oids, counts) per layer
         mixed = self.mixed_active
+        after = self._after_lookup
         for layer in range(L):
             t += t_full if full[layer] else t_lin
             oids, counts = lookups[layer] if per_layer else lookups(layer)
@@ -267,6 +272,8 @@ class Simulation:
                 yield env.timeout(t - env.now)
                 horizon = env.peek() if self.fast_path else -math.inf
             res_u, res_a, arrivals, items = access(phase, layer, oids, counts, t, rows)
+            if after is not None:
+                after(phase, layer, t)
             if counts is None:
                 ub += 1
                 ur += res_u

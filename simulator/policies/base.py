@@ -171,6 +171,12 @@ class RoutingPolicy(Policy):
         given the recorded choice ``experts``."""
         raise NotImplementedError
 
+    def gate_scores(self, phase: int, layer: int, rows: np.ndarray) -> np.ndarray | None:
+        """Gate weights (n, k) of the experts the last ``route`` call returned for ``rows``,
+        aligned with them (default: the trace's recorded scores, or None without them)."""
+        sc = self.ctx.trace.scores
+        return None if sc is None else sc[rows, layer]
+
     def stats(self) -> dict[str, float]:
         """Summary metrics of the rerouting (``routing.*``); none by default."""
         return {}
@@ -183,6 +189,9 @@ class RoutingPolicy(Policy):
 # ---------------------------------------------------------------------------- warmup
 class WarmupPolicy(Policy):
     """Sets the cache state at the start of the run and at phase transitions."""
+
+    tracks_prefill: ClassVar[bool] = False   # True: the hierarchy records prefill lookups
+    #                                          (``ctx.hierarchy.take_prefill_seen()``)
 
     def initialize(self, cache: CachePolicy) -> list[int]:
         """Fill the cache before the run; return the object ids placed (loaded off the clock)."""
@@ -254,16 +263,23 @@ class MixedPrecisionPolicy(Policy):
 
     active: ClassVar[bool] = False
     slices: ClassVar[int] = 1
+    fills: ClassVar[bool] = False     # True: ``after_lookup`` may start background cache
+    #                                   fills (``hierarchy.fill``)
 
     def slice_bytes(self, expert_bytes: float) -> list[float]:
         """Bytes of each of an expert's ``slices`` objects (full precision: ``expert_bytes``)."""
         return [expert_bytes]
 
     def select(self, phase: int, layer: int, rows: np.ndarray, experts: np.ndarray,
-               hierarchy) -> tuple[list[int], list[int]]:
-        """The objects trace ``rows`` use at ``layer`` given their routed ``experts`` (n, k),
-        as (object ids, token counts); ``hierarchy.resident(oid)`` tells what is resident."""
+               hierarchy, scores: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+        """The objects trace ``rows`` use at ``layer`` given their routed ``experts`` (n, k)
+        and those experts' gate ``scores`` (n, k; None if the trace has none), as (object
+        ids, token counts); ``hierarchy.resident(oid)`` tells what is resident. An object
+        with count 0 is read by the kernel but adds no FLOPs (a slice completing another)."""
         raise NotImplementedError
+
+    def after_lookup(self, phase: int, layer: int, t: float) -> None:
+        """Called after the layer's lookups were decided at ``t`` (only when ``fills``)."""
 
     def summary(self) -> dict[str, float]:
         """``precision.*`` metrics (uses at low precision and their share)."""

@@ -69,11 +69,12 @@ class Hobbit(MixedPrecisionPolicy):
                               key="mixed_precision.low_bits")
         return [expert_bytes, low]
 
-    def select(self, phase, layer, rows, experts, hierarchy):
+    def select(self, phase, layer, rows, experts, hierarchy, scores=None):
         ctx = self.ctx
         resident = hierarchy.resident
         thr = self.params.threshold
-        scores = ctx.trace.scores[rows, layer]
+        if scores is None:
+            scores = ctx.trace.scores[rows, layer]
         base = layer * ctx.num_experts
         # per expert: its token count and its largest gate score over the tokens using it
         count: dict[int, int] = {}

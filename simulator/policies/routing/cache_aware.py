@@ -149,6 +149,13 @@ class CacheAwareRouting(RoutingPolicy):
         p, chosen = self._last
         return combine_weights(p, chosen, self.renormalize)
 
+    def gate_scores(self, phase, layer, rows):
+        """Decode: the combine weights of the experts the last call chose (aligned with
+        them); prefill (vanilla): the trace's scores."""
+        if phase == DECODE and self._last is not None:
+            return self.last_weights
+        return super().gate_scores(phase, layer, rows)
+
     def _choose(self, rows, layer, p, order, resident) -> np.ndarray:
         raise NotImplementedError
 
