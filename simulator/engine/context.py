@@ -32,12 +32,15 @@ class SimContext:
     pinned: np.ndarray | None = None      # set by the engine after placement
     hierarchy: object = None              # the MemoryHierarchy, set by the engine (dynamic
     #                                       policies read and move state through it)
+    full_expert_bytes: float = 0.0        # one expert at full (high-bit) precision, all its
+    #                                       slices: the unit of high-bit-normalised miss rates
     _stream_factory: Callable[["SimContext"], np.ndarray] | None = None
     _stream: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         eb = self.model.expert_bytes(self.precision)
         self.object_bytes = np.full(self.num_objects, eb / self.slices_per_expert, dtype=np.float64)
+        self.full_expert_bytes = float(eb)
 
     @property
     def num_layers(self) -> int:

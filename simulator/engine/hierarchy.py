@@ -43,6 +43,7 @@ from .transfer_log import TransferLog
 
 DEMAND, PREFETCH, MIGRATE, FILL = 0, 1, 2, 3
 MIGRATE_PRIORITY = 2          # below prefetches: migrations use what demand and prefetch leave
+FILL_PRIORITY = 0.5           # background fills: after demand, before prefetches
 
 
 def _no_prefetch(phase, layer, rows):
@@ -80,6 +81,10 @@ class MemoryHierarchy:
         self.filling: dict[int, Flow] = {}       # object -> its fill flow, until it lands
         self.fill_count = 0
         self.fill_bytes = [0.0, 0.0]
+        # bytes of the objects lookups missed (not pinned or cached; staged prefetches count,
+        # as in the hit counts) plus those of fills, per phase: the miss-rate meter that
+        # routing constraints read (``missed_bytes[phase]`` / (expert lookups x full bytes))
+        self.missed_bytes = [0.0, 0.0]
         # objects looked up during prefill since the last ``take_prefill_seen`` (warm-up
         # policies that choose the decode-start cache from what prefill streamed through)
         self.track_prefill = False
@@ -274,6 +279,9 @@ class MemoryHierarchy:
                 rest.append((oid, c))
         self.layer_lookups[phase][layer] += i
         self.layer_hits[phase][layer] += hit_u
+        if rest is not None:
+            sizes = self._sizes
+            self.missed_bytes[phase] += sum(sizes[o] for o, _c in rest)
         if phase == 0 and self.track_prefill:
             self._prefill_seen.update(oids)
         return hit_u, hit_a, rest
@@ -379,8 +387,8 @@ class MemoryHierarchy:
     def fill(self, phase: int, oids, t: float) -> None:
         """Load ``oids`` into the cache in the background at ``t``: each is admitted now (as a
         demand miss is, evicting what the cache policy chooses) and its bytes move from its
-        home at demand priority, sharing bandwidth with the lookups that follow, but nothing
-        waits for them. A later lookup that finds the object still moving waits for it. Used
+        home below demand priority (``FILL_PRIORITY``: demand fetches go first, prefetches
+        after), and nothing waits for them. A later lookup that finds the object still moving waits for it. Used
         by mixed-precision policies that run an expert at the precision resident now and load
         the rest of it for next time (SliceMoE's LSB slices). Needs ``fills=True``."""
         if not self.fills:
@@ -402,11 +410,13 @@ class MemoryHierarchy:
             else:
                 dev, wait = self._source(oid, t)
                 self.reads[oid] += 1
-            f = Flow(size, paths[dev][0], paths[dev][1] + wait, (oid, dev, phase, FILL), _INF, 0)
+            f = Flow(size, paths[dev][0], paths[dev][1] + wait, (oid, dev, phase, FILL), _INF,
+                     FILL_PRIORITY)
             flows.append(f)
             self.filling[oid] = f
             self.fill_count += 1
             self.fill_bytes[phase] += size
+            self.missed_bytes[phase] += size
             if track:
                 self._prefill_seen.add(oid)
         if flows:
@@ -880,7 +890,10 @@ class MemoryHierarchy:
                 self.pf_peak_buffer = self.staged_bytes
 
     def close(self, t: float) -> None:
-        """End of run: settle the network's accounting at ``t``."""
+        """End of run: settle the network's accounting at ``t``. Fills still moving are
+        completed first (their bytes were asked for and count; the run's time does not wait)."""
+        if self.filling:
+            self._run(list(self.filling.values()))
         self._settle_uniform()
         self._settle_isolated()
         self.net.close(t)

@@ -67,6 +67,8 @@ class Simulation:
             per = self.mixed.slice_bytes(float(model.expert_bytes(self.precision)))
             self.ctx.object_bytes = np.tile(np.asarray(per, dtype=np.float64),
                                             self.ctx.num_objects // len(per))
+            self.ctx.full_expert_bytes = float(
+                self.mixed.full_bytes(float(model.expert_bytes(self.precision))))
         self._object_sizes = self.ctx.object_bytes.tolist()   # plain floats for the hot path
         self.fast_path = fast_path
 

@@ -278,6 +278,11 @@ class MixedPrecisionPolicy(Policy):
         with count 0 is read by the kernel but adds no FLOPs (a slice completing another)."""
         raise NotImplementedError
 
+    def full_bytes(self, expert_bytes: float) -> float:
+        """One expert at its highest precision (all slices that make it up), the unit of
+        high-bit-normalised miss rates (default: ``expert_bytes``)."""
+        return expert_bytes
+
     def after_lookup(self, phase: int, layer: int, t: float) -> None:
         """Called after the layer's lookups were decided at ``t`` (only when ``fills``)."""
 
