@@ -152,9 +152,14 @@ class Simulation:
         obj = float(ctx.object_bytes.max())
         gb = 1e9
         if self.cfg.cache.get("name") != "none" and self.cache.capacity_bytes < obj:
-            raise ConfigError(f"{self.cache.capacity_bytes / gb:g} GB is below one expert "
-                              f"({obj / gb:.4g} GB at {self.precision}); use cache: {{name: none}} "
-                              "for no cache", source=src, key="cache.capacity_gb")
+            what = (f"one expert ({obj / gb:.4g} GB at {self.precision})"
+                    if ctx.slices_per_expert == 1 and not self.mixed_active else
+                    f"its largest cached object ({obj / gb:.4g} GB: one "
+                    f"{'MSB slice' if ctx.slices_per_expert == 2 else 'expert copy'} under "
+                    f"mixed_precision '{self.cfg.mixed_precision.get('name')}')")
+            raise ConfigError(f"{self.cache.capacity_bytes / gb:g} GB is below {what}; use "
+                              "cache: {name: none} for no cache", source=src,
+                              key="cache.capacity_gb")
         local = self.system.local
         used_by = np.bincount(self.home, weights=ctx.object_bytes, minlength=len(self.system.devices))
         for d in self.system.devices:

@@ -98,6 +98,35 @@ METRICS: list[tuple[str, str, str]] = [
     ("precision.low_uses", "count", "token-expert uses run from a low-bit copy"),
     ("precision.low_fraction", "fraction", "precision.low_uses / token-expert uses looked up "
      "(0 with mixed_precision: full)"),
+    ("precision.high_fraction.decode", "fraction", "dbsc: decode token-expert uses run at "
+     "b_high (both slices resident) / decode uses"),
+    ("precision.bits_mean", "bits", "dbsc, quantized: mean weight-code bits over token-expert "
+     "uses"),
+    ("precision.error_mass", "prob", "dbsc, quantized: sum over decode token-expert uses of gate "
+     "weight x relative weight error of the precision run (quant/error_model.py)"),
+    # bit-sliced experts (mixed_precision: dbsc; MSB = slice 0, LSB = slice 1)
+    ("slices.msb_lookups.<phase>", "count", "expert lookups (each looks up its MSB slice)"),
+    ("slices.msb_misses.<phase>", "count", "MSB slices not resident at their lookup"),
+    ("slices.lsb_lookups.<phase>", "count", "LSB lookups: experts that were critical (gate "
+     "weight >= threshold)"),
+    ("slices.lsb_misses.<phase>", "count", "critical experts whose LSB slice was not resident"),
+    ("slices.msb_hit_rate.<phase>", "fraction", "1 - msb_misses / msb_lookups"),
+    ("slices.lsb_hit_rate.<phase>", "fraction", "1 - lsb_misses / lsb_lookups"),
+    ("slices.miss_rate_hb.<phase>", "fraction", "high-bit-normalised miss rate: (msb_misses x "
+     "slices.msb_bytes + lsb_misses x slices.lsb_bytes) / (msb_lookups x (msb_bytes + "
+     "lsb_bytes)), misses counted in units of high-bit experts"),
+    ("slices.msb_bytes", "B", "bytes of one expert's MSB slice (codes, zero-points, scales)"),
+    ("slices.lsb_bytes", "B", "bytes of one expert's LSB slice"),
+    ("fills", "count", "objects loaded into the cache in the background (LSB slices of "
+     "critical experts run at low precision; with a policy that fills)"),
+    ("bytes.filled.<phase>", "B", "bytes of those background fills"),
+    # accuracy proxy (with a cache-aware routing or mixed-precision policy)
+    ("accuracy.mass_moved_per_token", "prob", "routing.mass_moved per decode token-layer (0 "
+     "with trace routing)"),
+    ("accuracy.quant_error_per_token", "prob", "precision.error_mass per decode token-layer "
+     "(0 at the model's precision; nan when the precision policy models no error: hobbit)"),
+    ("accuracy.proxy", "prob", "per decode token-layer output-error proxy = "
+     "accuracy.mass_moved_per_token + accuracy.quant_error_per_token"),
     # moves between devices (migration, re-homing after a fault)
     ("migrations", "count", "experts moved between devices by the migration policy"),
     ("bytes.migrated", "B", "bytes of those migrations"),

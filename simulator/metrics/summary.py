@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # pandas and pyarrow are imported where a table is built, not here: a run simulates without
 # them, and ``moesim run`` writes the transfers table from the log's arrays with pyarrow alone.
 
-PURPOSE_NAMES = ("demand", "prefetch")
+PURPOSE_NAMES = ("demand", "prefetch", "migrate", "fill")   # engine/hierarchy.py codes
 STEP_COLUMNS = ("iteration", "phase", "start_s", "end_s", "tokens", "cache_bytes")
 TRANSFER_COLUMNS = ("start_s", "end_s", "bytes", "src_device", "object_id", "phase", "purpose",
                     "layer", "expert")
@@ -441,6 +441,20 @@ def collect(sim: "Simulation") -> RunResult:
     # ------------------------------------------------------------ mixed precision
     s.update(sim.mixed.summary())
     s.update(sim.routing.stats())                         # cache-aware routing (routing.*)
+    if h.fills:
+        s["fills"] = h.fill_count
+        for p, name in enumerate(PHASE_NAMES):
+            s[f"bytes.filled.{name}"] = h.fill_bytes[p]
+    if sim.mixed_active or not sim.routing.identity:
+        # accuracy proxy per decode token-layer: gate mass rerouted + gate-weighted weight error
+        tl = s["decode_tokens"] * sim.ctx.num_layers
+        nan = float("nan")
+        mm = s.get("routing.mass_moved", 0.0) / tl if tl else nan
+        em = s.get("precision.error_mass", None if sim.mixed_active else 0.0)
+        qe = (em / tl if tl else nan) if em is not None else nan
+        s["accuracy.mass_moved_per_token"] = mm
+        s["accuracy.quant_error_per_token"] = qe
+        s["accuracy.proxy"] = mm + qe
     # ------------------------------------------------------------ faults
     from ..engine.faults import fault_report
     s.update(fault_report(sim))
