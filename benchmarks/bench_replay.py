@@ -249,6 +249,8 @@ CASES = {
                 "prefetch, migration", "moe_cxl.yaml", MOE_CXL_SET),
     "moe_cxl_noprefetch": ("the same without prefetch", "moe_cxl.yaml",
                            ["scheduler.name=cxl_aware", "migration.name=hysteresis"]),
+    "dbsc": ("SliceMoE DBSC: MSB/LSB slices, slice_lru, LSB fills", "default.yaml",
+             ["mixed_precision={name: dbsc}", "cache.name=slice_lru"]),
     "bare_lru": ("bare LRU class replay of plain_lru's lookups", "default.yaml", []),
 }
 SIM_CASES = [c for c in CASES if c != "bare_lru"]

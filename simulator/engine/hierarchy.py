@@ -420,7 +420,9 @@ class MemoryHierarchy:
             if track:
                 self._prefill_seen.add(oid)
         if flows:
-            self.net.start(flows, t)
+            # the layer's demand fetch may have run the network past ``t``: a fill is below
+            # demand priority on the same paths, so starting it then loses nothing
+            self.net.start(flows, max(t, self.net.t))
 
     def _release(self, layer: int, oids) -> None:
         """The layer's lookups are done: prefetches of its objects that it did not use are

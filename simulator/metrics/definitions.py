@@ -120,7 +120,7 @@ METRICS: list[tuple[str, str, str]] = [
     ("fills", "count", "objects loaded into the cache in the background (LSB slices of "
      "critical experts run at low precision; with a policy that fills)"),
     ("bytes.filled.<phase>", "B", "bytes of those background fills"),
-    # accuracy proxy (with a cache-aware routing or mixed-precision policy)
+    # accuracy proxy (with a mixed-precision or a cache-aware routing policy: one reporting routing.mass_moved)
     ("accuracy.mass_moved_per_token", "prob", "routing.mass_moved per decode token-layer (0 "
      "with trace routing)"),
     ("accuracy.quant_error_per_token", "prob", "precision.error_mass per decode token-layer "

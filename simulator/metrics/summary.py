@@ -445,7 +445,7 @@ def collect(sim: "Simulation") -> RunResult:
         s["fills"] = h.fill_count
         for p, name in enumerate(PHASE_NAMES):
             s[f"bytes.filled.{name}"] = h.fill_bytes[p]
-    if sim.mixed_active or not sim.routing.identity:
+    if sim.mixed_active or "routing.mass_moved" in s:
         # accuracy proxy per decode token-layer: gate mass rerouted + gate-weighted weight error
         tl = s["decode_tokens"] * sim.ctx.num_layers
         nan = float("nan")

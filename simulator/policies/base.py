@@ -175,7 +175,9 @@ class RoutingPolicy(Policy):
         """Gate weights (n, k) of the experts the last ``route`` call returned for ``rows``,
         aligned with them (default: the trace's recorded scores, or None without them)."""
         sc = self.ctx.trace.scores
-        return None if sc is None else sc[rows, layer]
+        if sc is None:
+            return None
+        return sc[rows, layer] if rows.size != 1 else sc[int(rows[0]), layer][None, :]
 
     def stats(self) -> dict[str, float]:
         """Summary metrics of the rerouting (``routing.*``); none by default."""

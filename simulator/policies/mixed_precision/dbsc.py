@@ -99,6 +99,9 @@ class DBSC(MixedPrecisionPolicy):
             scores = self.ctx.trace.scores[rows, layer]
         resident = hierarchy.resident
         thr = self.params.threshold
+        if rows.size == 1 and phase == DECODE:
+            return self._select_one(layer, experts[0].tolist(), scores[0].tolist(), resident,
+                                    thr)
         count: dict[int, int] = {}
         top: dict[int, float] = {}
         gsum: dict[int, float] = {}
@@ -145,6 +148,46 @@ class DBSC(MixedPrecisionPolicy):
         if phase == DECODE:
             self.error_mass += err
             self.decode_token_layers += rows.size
+        return oids, counts
+
+    def _select_one(self, layer, ex, sc, resident, thr):
+        """``select`` for one decode token (batch 1, the hot path): same counts, no
+        aggregation (a token's k experts are distinct)."""
+        base = layer * self.ctx.num_experts
+        oids, counts = [], []
+        msb_miss = lsb_look = lsb_miss = high = 0
+        err = 0.0
+        eh, el, wait = self.err_high, self.err_low, self._wait
+        for e, g in zip(ex, sc):
+            m = (base + e) * 2
+            oids.append(m)
+            counts.append(1)
+            if not resident(m):
+                msb_miss += 1
+            lsb_res = resident(m + 1)
+            critical = g >= thr
+            if critical:
+                lsb_look += 1
+                if not lsb_res:
+                    lsb_miss += 1
+            if lsb_res or (critical and wait):
+                oids.append(m + 1)
+                counts.append(0)
+                high += 1
+                err += g * eh
+            else:
+                if critical:
+                    self._pending.append(m + 1)
+                err += g * el
+        k = len(ex)
+        self.msb_lookups[1] += k
+        self.msb_misses[1] += msb_miss
+        self.lsb_lookups[1] += lsb_look
+        self.lsb_misses[1] += lsb_miss
+        self.high_uses[1] += high
+        self.low_uses[1] += k - high
+        self.error_mass += err
+        self.decode_token_layers += 1
         return oids, counts
 
     def after_lookup(self, phase, layer, t):
