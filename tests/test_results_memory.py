@@ -29,6 +29,7 @@ from simulator.engine.transfer_log import TransferLog
 from simulator.metrics.summary import TransfersTable
 from simulator.results import writer
 from simulator.traces.schema import PHASE_NAMES
+from simulator.metrics.summary import PURPOSE_NAMES
 
 SETS = ["prefetch.name=oracle_next_layer", "output.events=true"]
 SMALL_ROW_GROUP = 2048          # well below the run's transfers: several row groups
@@ -68,7 +69,7 @@ def _old_transfers_frame(sim) -> pd.DataFrame:
         "src_device": pd.Categorical.from_codes(rows["src"], categories=names),
         "object_id": rows["object_id"],
         "phase": pd.Categorical.from_codes(rows["phase"], categories=list(PHASE_NAMES)),
-        "purpose": pd.Categorical.from_codes(rows["purpose"], categories=["demand", "prefetch"]),
+        "purpose": pd.Categorical.from_codes(rows["purpose"], categories=list(PURPOSE_NAMES)),
     })
     E, S = sim.ctx.num_experts, sim.ctx.slices_per_expert
     tx["layer"] = tx["object_id"] // (E * S)

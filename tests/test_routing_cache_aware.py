@@ -52,7 +52,9 @@ def test_cache_prior_boost_zero_is_trace_routing():
     for J in (0, 1):
         got = _summary(["routing.name=cache_prior", "routing.boost=0", f"routing.protect={J}"])
         assert got["routing.mass_moved"] == 0 and got["routing.rerouted_uses"] == 0
-        assert {k: v for k, v in got.items() if not k.startswith("routing.")} == base
+        assert got["accuracy.proxy"] == 0
+        assert {k: v for k, v in got.items()
+                if not k.startswith(("routing.", "accuracy."))} == base
 
 
 def test_cumsum_tiny_mass_and_max_rank_k_are_vanilla(sim):
