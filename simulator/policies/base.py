@@ -202,6 +202,10 @@ class WarmupPolicy(Policy):
     def on_prefill_end(self, request_id: int, cache: CachePolicy) -> None:
         """Hook at a request's prefill -> decode transition."""
 
+    def summary(self) -> dict[str, float]:
+        """``warmup.*`` metrics of the warm-ups done (none by default)."""
+        return {}
+
 
 # ---------------------------------------------------------------------------- KV cache
 class KVPolicy(Policy):
